@@ -1,0 +1,417 @@
+//! Map names, keys, values and counter indices: the contract between kernel and controller.
+
+use crate::limiter::Gcra;
+
+/// Map names as they appear in the ELF object and as file names under the pin directory.
+pub mod names {
+    pub const POLICY: &str = "POLICY";
+    pub const PORT_SLOTS: &str = "PORT_SLOTS";
+    pub const SOURCES: &str = "SOURCES";
+    pub const BANS: &str = "BANS";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const DENY_V4: &str = "DENY_V4";
+    pub const DENY_V6: &str = "DENY_V6";
+    pub const BANNED_NETS_V4: &str = "BANNED_NETS_V4";
+    pub const BANNED_NETS_V6: &str = "BANNED_NETS_V6";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const USER_COUNTERS: &str = "USER_COUNTERS";
+    pub const PORT_STATS: &str = "PORT_STATS";
+    pub const GLOBAL_GUARD: &str = "GLOBAL_GUARD";
+    pub const STORM: &str = "STORM";
+    pub const EVENTS: &str = "EVENTS";
+    pub const SCAN_BUF: &str = "SCAN_BUF";
+    pub const META: &str = "META";
+
+    /// Every map the controller pins, in a stable order.
+    pub const PINNED: [&str; 17] = [
+        POLICY,
+        PORT_SLOTS,
+        SOURCES,
+        BANS,
+        ALLOW_V4,
+        ALLOW_V6,
+        DENY_V4,
+        DENY_V6,
+        BANNED_NETS_V4,
+        BANNED_NETS_V6,
+        COUNTERS,
+        USER_COUNTERS,
+        PORT_STATS,
+        GLOBAL_GUARD,
+        STORM,
+        EVENTS,
+        META,
+    ];
+}
+
+/// Default sizes of the maps the controller can resize.
+pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
+pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
+pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
+pub const MAX_BANNED_NETS: u32 = 1 << 16;
+pub const EVENTS_BYTES: u32 = 1 << 18;
+
+/// Address family tag inside [`SourceKey`].
+pub const FAMILY_V4: u32 = 4;
+pub const FAMILY_V6: u32 = 6;
+
+/// The identity the limiter counts by: an address masked to the configured prefix.
+///
+/// For IPv4 only the first four bytes of `addr` are used and the rest stay zero, so one key type
+/// serves both families without padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+impl SourceKey {
+    /// The key of `addr` (IPv4 in the first four bytes when `family` is 4) masked to `prefix` bits.
+    #[inline(always)]
+    pub fn masked(family: u32, addr: &[u8; 16], prefix: u32) -> Self {
+        let width = if family == FAMILY_V4 { 32 } else { 128 };
+        let prefix = if prefix > width { width } else { prefix };
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        // Fixed trip count: the verifier sees a bounded loop, LLVM unrolls it.
+        while i < 16 {
+            let bit = (i as u32) * 8;
+            let mask: u8 = if bit + 8 <= prefix {
+                0xff
+            } else if bit >= prefix {
+                0
+            } else {
+                0xffu8 << (8 - (prefix - bit))
+            };
+            out[i] = addr[i] & mask;
+            i += 1;
+        }
+        SourceKey { family, addr: out }
+    }
+}
+
+/// Per-source state in the `SOURCES` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// GCRA theoretical arrival time of the next SYN, in boot-clock nanoseconds.
+    pub syn_tat: u64,
+    /// GCRA theoretical arrival time of the next bounce.
+    pub bounce_tat: u64,
+    /// Start of the current offence window (rate drops counted towards a ban).
+    pub window_start: u64,
+    /// Last SYN or bounce seen from this source.
+    pub last_seen: u64,
+    /// SYNs to protected ports seen from this source.
+    pub syns: u64,
+    /// Of those, dropped (or would-drop in monitor mode).
+    pub drops: u64,
+    /// Null-sender `MAIL FROM` commands counted for this source.
+    pub bounces: u64,
+    /// Rate drops inside the current offence window.
+    pub window_drops: u32,
+    pub _reserved: u32,
+}
+
+/// Why a source is in the penalty box.
+pub mod ban_reason {
+    pub const RATE: u32 = 1;
+    pub const BOUNCES: u32 = 2;
+    pub const MANUAL: u32 = 3;
+}
+
+/// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` keyed by prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ban {
+    /// The ban admits again from this boot-clock time on.
+    pub until: u64,
+    /// When the ban was issued (boot clock).
+    pub since: u64,
+    /// Escalation level: 0 for a first offence, +1 for each repeat within the memory window.
+    pub level: u32,
+    /// One of [`ban_reason`].
+    pub reason: u32,
+}
+
+/// Policy flag bits.
+pub mod policy_flags {
+    /// Monitor mode: count what would be dropped, drop nothing.
+    pub const DRY_RUN: u32 = 1;
+}
+
+/// The live policy (`POLICY[0]`). The controller rewrites it whole, at any time.
+///
+/// Rates are stored in GCRA form, precomputed by the controller, so the kernel never multiplies
+/// (a checked 64-bit multiply compiles to a 128-bit libcall BPF does not have).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// New connections per source.
+    pub syn: Gcra,
+    /// Bounces per source; `interval_ns == 0` disables bounce limiting (bounces are still counted).
+    pub bounce: Gcra,
+    /// Bounces per source while a storm is on (the `bounce` limit tightened by the storm factor).
+    pub bounce_storm: Gcra,
+    /// New connections per protected port, all sources together; `interval_ns == 0` = off.
+    pub global: Gcra,
+    /// Offence window for rate drops.
+    pub ban_window_ns: u64,
+    /// First ban's length; each repeat doubles it.
+    pub ban_base_ns: u64,
+    /// Longest ban.
+    pub ban_max_ns: u64,
+    /// How long an expired ban still counts as a previous offence for escalation.
+    pub ban_memory_ns: u64,
+    /// Rate drops within `ban_window_ns` that put a source in the penalty box; 0 = never.
+    pub ban_threshold: u32,
+    pub ipv4_prefix: u32,
+    pub ipv6_prefix: u32,
+    /// [`policy_flags`] bits.
+    pub flags: u32,
+    /// Protected ports by slot (0 = free slot). The kernel reads `PORT_SLOTS`; this copy lets
+    /// readers name the per-port counters.
+    pub ports: [u16; crate::MAX_PORTS],
+}
+
+impl Policy {
+    #[inline(always)]
+    pub fn dry_run(&self) -> bool {
+        self.flags & policy_flags::DRY_RUN != 0
+    }
+}
+
+/// `PORT_SLOTS[port]` value bits: 0 = not protected, otherwise slot + 1 in the low byte.
+pub mod port_flags {
+    pub const SLOT_MASK: u32 = 0xff;
+    /// Scan client payload on this port for `MAIL FROM:<>` (plaintext SMTP: port 25).
+    pub const SCAN_BOUNCES: u32 = 0x100;
+}
+
+/// Per-CPU counters per protected port slot (`PORT_STATS[slot]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub syn_admitted: u64,
+    pub syn_dropped: u64,
+    pub syn_would_drop: u64,
+}
+
+/// Indices of the per-CPU `COUNTERS` array. One packet increments exactly one of the packet
+/// counters (`PassNotSmtp` ..= `WouldDropGlobal`); the rest count events.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Not a TCP segment to a protected port.
+    PassNotSmtp = 0,
+    /// Truncated, malformed, fragmented or otherwise unparseable: passed (fail open).
+    PassUnparsed,
+    /// A non-SYN segment to a protected port (established traffic).
+    PassSmtpOther,
+    SynAdmitted,
+    SynAllowlisted,
+    DropDeny,
+    DropBan,
+    DropRate,
+    DropGlobal,
+    WouldDropDeny,
+    WouldDropBan,
+    WouldDropRate,
+    WouldDropGlobal,
+    /// Null-sender commands seen by the kernel.
+    BouncesKernel,
+    BansRate,
+    BansBounces,
+    SourcesCreated,
+    SourceInsertFailed,
+    BanInsertFailed,
+    EventsLost,
+    /// Port-25 payload larger than the scan window, not inspected.
+    ScanSkipped,
+    /// The policy map was empty (never happens after a successful start): passed.
+    NoPolicy,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::NoPolicy as u32 + 1;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::PassNotSmtp,
+        Counter::PassUnparsed,
+        Counter::PassSmtpOther,
+        Counter::SynAdmitted,
+        Counter::SynAllowlisted,
+        Counter::DropDeny,
+        Counter::DropBan,
+        Counter::DropRate,
+        Counter::DropGlobal,
+        Counter::WouldDropDeny,
+        Counter::WouldDropBan,
+        Counter::WouldDropRate,
+        Counter::WouldDropGlobal,
+        Counter::BouncesKernel,
+        Counter::BansRate,
+        Counter::BansBounces,
+        Counter::SourcesCreated,
+        Counter::SourceInsertFailed,
+        Counter::BanInsertFailed,
+        Counter::EventsLost,
+        Counter::ScanSkipped,
+        Counter::NoPolicy,
+    ];
+
+    /// Stable snake_case name, used in `stats --json` and as metric label values.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PassNotSmtp => "pass_not_smtp",
+            Counter::PassUnparsed => "pass_unparsed",
+            Counter::PassSmtpOther => "pass_smtp_other",
+            Counter::SynAdmitted => "syn_admitted",
+            Counter::SynAllowlisted => "syn_allowlisted",
+            Counter::DropDeny => "drop_deny",
+            Counter::DropBan => "drop_ban",
+            Counter::DropRate => "drop_rate",
+            Counter::DropGlobal => "drop_global",
+            Counter::WouldDropDeny => "would_drop_deny",
+            Counter::WouldDropBan => "would_drop_ban",
+            Counter::WouldDropRate => "would_drop_rate",
+            Counter::WouldDropGlobal => "would_drop_global",
+            Counter::BouncesKernel => "bounces_kernel",
+            Counter::BansRate => "bans_rate",
+            Counter::BansBounces => "bans_bounces",
+            Counter::SourcesCreated => "sources_created",
+            Counter::SourceInsertFailed => "source_insert_failed",
+            Counter::BanInsertFailed => "ban_insert_failed",
+            Counter::EventsLost => "events_lost",
+            Counter::ScanSkipped => "scan_skipped",
+            Counter::NoPolicy => "no_policy",
+        }
+    }
+}
+
+/// Indices of the shared `USER_COUNTERS` array: what the controller counts, kept in a pinned map
+/// so these counters survive a controller restart like the kernel's do.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserCounter {
+    /// Null-sender requests reported by Postfix through the policy service.
+    BouncesPolicy = 0,
+    /// Bans the policy service issued for bounces.
+    BansBouncesPolicy,
+    /// Bans by hand (`smtp-xdp ban`) or restored from the state file.
+    BansManual,
+    PolicyRequests,
+    /// Policy connections or requests refused as malformed, oversized or timed out.
+    PolicyErrors,
+    /// Expired bans swept from the maps.
+    BansExpired,
+    /// Storm mode activations.
+    StormsStarted,
+}
+
+impl UserCounter {
+    pub const COUNT: u32 = UserCounter::StormsStarted as u32 + 1;
+}
+
+/// Event kinds on the `EVENTS` ring buffer.
+pub mod event_kind {
+    /// A source was put in the penalty box (`reason`, `level`, `value` = duration in ns).
+    pub const BAN: u32 = 1;
+    /// A source's first rate drop in an offence window (`value` = its SYN count).
+    pub const FIRST_DROP: u32 = 2;
+    /// A source went over its bounce limit (`value` = its bounce count).
+    pub const BOUNCE_LIMIT: u32 = 3;
+}
+
+/// One ring-buffer event (48 bytes, no padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    pub reason: u32,
+    pub key: SourceKey,
+    pub level: u32,
+    pub value: u64,
+    pub at: u64,
+}
+
+/// `META[0]`: stamped last when a controller finished setting up the pinned state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`crate::LAYOUT_VERSION`] of the controller that stamped the state; 0 = set-up unfinished.
+    pub layout: u32,
+    /// The XDP mode obtained: 1 = native (driver), 2 = generic (skb), 3 = offload.
+    pub xdp_mode: u32,
+    pub ifindex: u32,
+    pub _reserved: u32,
+    /// Boot-clock time the program was first attached.
+    pub attached_at: u64,
+    /// Boot-clock time the current controller started (0 when none runs).
+    pub controller_started: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays, with no padding
+    // (checked by the size assertions in the tests), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceState {}
+    unsafe impl aya::Pod for super::Ban {}
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for crate::limiter::Gcra {}
+    unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Meta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<SourceKey>(), 4 + 16);
+        assert_eq!(size_of::<SourceState>(), 7 * 8 + 2 * 4);
+        assert_eq!(size_of::<Ban>(), 2 * 8 + 2 * 4);
+        assert_eq!(size_of::<Policy>(), 12 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
+        assert_eq!(size_of::<PortStats>(), 3 * 8);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8);
+        assert_eq!(size_of::<Meta>(), 4 * 4 + 2 * 8);
+    }
+
+    #[test]
+    fn counters_are_listed_in_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn masking_keeps_prefix_bits_only() {
+        let a = [192, 0, 2, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 32).addr, a);
+        assert_eq!(
+            SourceKey::masked(FAMILY_V4, &a, 24).addr[..4],
+            [192, 0, 2, 0]
+        );
+        assert_eq!(
+            SourceKey::masked(FAMILY_V4, &a, 20).addr[..4],
+            [192, 0, 0, 0]
+        );
+        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 0).addr, [0; 16]);
+        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 99).addr, a);
+        let b = [
+            0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        let k = SourceKey::masked(FAMILY_V6, &b, 64);
+        assert_eq!(k.addr[..8], b[..8]);
+        assert_eq!(k.addr[8..], [0; 8]);
+        let k = SourceKey::masked(FAMILY_V6, &b, 60);
+        assert_eq!(k.addr[7], 0);
+        assert_eq!(k.addr[6], 3);
+    }
+}

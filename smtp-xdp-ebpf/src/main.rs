@@ -1,0 +1,482 @@
+//! smtp-xdp's XDP program: per-source SYN rate limiting, penalty box, allow/deny lists and
+//! bounce counting for the protected SMTP ports. Everything that is not a new connection to a
+//! protected port, or a port-25 command segment, passes after a header parse and one array lookup.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::sync::atomic has no compare-and-swap on bpfel (\"atomic-cas\": false in the target spec), the intrinsics do emit BPF_ATOMIC"
+)]
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    ptr::read_volatile,
+};
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+    EbpfContext,
+};
+use smtp_xdp_common::{
+    bans, bounce,
+    decide::{self, BounceVerdict, RateOutcome, SynEnv, SynVerdict},
+    event_kind,
+    limiter::Gcra,
+    parse::{self, Frame, Segment, Skip},
+    port_flags, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey, SourceState,
+    DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
+    MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
+};
+
+#[map]
+static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+/// Indexed by destination port: 0 = not protected, else `port_flags`.
+#[map]
+static PORT_SLOTS: Array<u32> = Array::with_max_entries(65536, 0);
+/// Per-source buckets and statistics; sized by the controller (`--max-sources`).
+#[map]
+static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+/// The penalty box. A plain hash, not LRU: a spoofed flood must not be able to evict bans.
+#[map]
+static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(DEFAULT_MAX_BANS, 0);
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static DENY_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static DENY_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+/// Manual bans of addresses and networks, with expiry.
+#[map]
+static BANNED_NETS_V4: LpmTrie<[u8; 4], Ban> =
+    LpmTrie::with_max_entries(MAX_BANNED_NETS, BPF_F_NO_PREALLOC);
+#[map]
+static BANNED_NETS_V6: LpmTrie<[u8; 16], Ban> =
+    LpmTrie::with_max_entries(MAX_BANNED_NETS, BPF_F_NO_PREALLOC);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+/// Written by the controller only; declared here so it is created and pinned with the rest.
+#[map]
+static USER_COUNTERS: Array<u64> = Array::with_max_entries(smtp_xdp_common::UserCounter::COUNT, 0);
+#[map]
+static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS as u32, 0);
+/// Global guard bucket (GCRA TAT) per port slot, shared by all CPUs.
+#[map]
+static GLOBAL_GUARD: Array<u64> = Array::with_max_entries(MAX_PORTS as u32, 0);
+/// `STORM[0] != 0` while a bounce storm is on (set by the controller).
+#[map]
+static STORM: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// The port-25 payload being scanned and the scan's result, per CPU.
+///
+/// Kept in a map value rather than on the stack: the payload is too large for the BPF stack, and
+/// the verifier treats map memory as opaque, so a `bpf_loop` callback that bumps `found` reaches a
+/// fixed point at once instead of being re-verified for every possible count.
+#[repr(C)]
+struct ScanArea {
+    len: u64,
+    found: u64,
+    bytes: [u8; SCAN_WINDOW],
+}
+
+#[map]
+static SCAN_BUF: PerCpuArray<ScanArea> = PerCpuArray::with_max_entries(1, 0);
+/// Written by the controller only (layout version and attachment facts).
+#[map]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// The frame in packet memory. `load` is the program's one bounds-checked accessor.
+struct Packet<'a> {
+    ctx: &'a XdpContext,
+}
+
+impl Frame for Packet<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + N) is inside the packet, checked above.
+        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    }
+}
+
+#[xdp]
+pub fn smtp_xdp(ctx: XdpContext) -> u32 {
+    let (counter, action) = classify(&ctx);
+    count(counter);
+    action
+}
+
+/// A program that passes everything: the baseline the benchmarks compare against.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> (Counter, u32) {
+    let seg = match parse::parse(&Packet { ctx }) {
+        Ok(seg) => seg,
+        Err(Skip::NotTcp) => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
+        Err(Skip::Unparsed) => return (Counter::PassUnparsed, xdp_action::XDP_PASS),
+    };
+    let port = match PORT_SLOTS.get(seg.dst_port as u32) {
+        Some(&p) if p != 0 => p,
+        _ => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
+    };
+    let Some(policy) = POLICY.get(0) else {
+        return (Counter::NoPolicy, xdp_action::XDP_PASS);
+    };
+    if seg.is_new_connection() {
+        return on_syn(&seg, port, policy);
+    }
+    if port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0 {
+        on_payload(ctx, &seg, policy);
+    }
+    (Counter::PassSmtpOther, xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot; XDP runs with preemption off, so no other writer.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value; BPF_ATOMIC add on it is what other CPUs see.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: `p` points into a map value shared by all CPUs.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new).1
+    }
+}
+
+/// How often a GCRA update retries after losing a race with another CPU. Every lost race means
+/// another CPU's update landed, so a few are plenty; past them the SYN is treated as over the
+/// limit (never admitting more than the bucket allows).
+const CAS_RETRIES: u32 = 8;
+
+/// Charges one event to the GCRA bucket at `tat`, exactly, against concurrent CPUs.
+#[inline(always)]
+fn gcra_shared(tat: *mut u64, gcra: &Gcra, now: u64) -> bool {
+    let mut tries = 0;
+    while tries < CAS_RETRIES {
+        // SAFETY: `tat` points into a map value.
+        let old = unsafe { read_volatile(tat) };
+        match gcra.admit(old, now) {
+            None => return false,
+            Some(new) => {
+                if compare_and_swap(tat, old, new) {
+                    return true;
+                }
+            }
+        }
+        tries += 1;
+    }
+    false
+}
+
+/// The kernel's state for one source: the maps, looked up lazily.
+struct KernelEnv<'a> {
+    seg: &'a Segment,
+    key: SourceKey,
+    slot: u32,
+}
+
+impl KernelEnv<'_> {
+    #[inline(always)]
+    fn v4(&self) -> Key<[u8; 4]> {
+        let s = &self.seg.src;
+        Key::new(32, [s[0], s[1], s[2], s[3]])
+    }
+
+    #[inline(always)]
+    fn v6(&self) -> Key<[u8; 16]> {
+        Key::new(128, self.seg.src)
+    }
+
+    #[inline(always)]
+    fn is_v4(&self) -> bool {
+        self.seg.family == FAMILY_V4
+    }
+
+    /// The source's state, created on first sight when `create`.
+    #[inline(always)]
+    fn state(&self, create: bool) -> Option<*mut SourceState> {
+        if let Some(p) = SOURCES.get_ptr_mut(&self.key) {
+            return Some(p);
+        }
+        if !create {
+            return None;
+        }
+        match SOURCES.insert(&self.key, &SourceState::default(), BPF_NOEXIST as u64) {
+            Ok(()) => count(Counter::SourcesCreated),
+            // Another CPU created it first (EEXIST): use theirs.
+            Err(_) => {}
+        }
+        let p = SOURCES.get_ptr_mut(&self.key);
+        if p.is_none() {
+            count(Counter::SourceInsertFailed);
+        }
+        p
+    }
+}
+
+impl SynEnv for KernelEnv<'_> {
+    #[inline(always)]
+    fn allowlisted(&mut self) -> bool {
+        if self.is_v4() {
+            ALLOW_V4.get(self.v4()).is_some()
+        } else {
+            ALLOW_V6.get(self.v6()).is_some()
+        }
+    }
+
+    #[inline(always)]
+    fn denylisted(&mut self) -> bool {
+        if self.is_v4() {
+            DENY_V4.get(self.v4()).is_some()
+        } else {
+            DENY_V6.get(self.v6()).is_some()
+        }
+    }
+
+    #[inline(always)]
+    fn net_banned(&mut self, now: u64) -> bool {
+        let ban = if self.is_v4() {
+            BANNED_NETS_V4.get(self.v4())
+        } else {
+            BANNED_NETS_V6.get(self.v6())
+        };
+        ban.is_some_and(|b| bans::is_active(b, now))
+    }
+
+    #[inline(always)]
+    fn ban_entry(&mut self) -> Option<Ban> {
+        // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
+        unsafe { BANS.get(&self.key).copied() }
+    }
+
+    #[inline(always)]
+    fn store_ban(&mut self, ban: &Ban) -> bool {
+        BANS.insert(&self.key, ban, 0).is_ok()
+    }
+
+    #[inline(always)]
+    fn note_banned_syn(&mut self, now: u64) {
+        if let Some(st) = self.state(false) {
+            // SAFETY: `st` points into the SOURCES value for this key.
+            unsafe {
+                atomic_add(&raw mut (*st).syns, 1);
+                atomic_add(&raw mut (*st).drops, 1);
+                (*st).last_seen = now;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
+        let Some(st) = self.state(true) else {
+            return RateOutcome::Untracked;
+        };
+        // SAFETY: `st` points into the SOURCES value for this key. The bucket is updated by
+        // compare-and-swap; statistics by atomic adds; the offence window by plain stores (a race
+        // there can only shift a ban by one drop).
+        unsafe {
+            atomic_add(&raw mut (*st).syns, 1);
+            (*st).last_seen = now;
+            if gcra_shared(&raw mut (*st).syn_tat, gcra, now) {
+                return RateOutcome::Admitted;
+            }
+            atomic_add(&raw mut (*st).drops, 1);
+            RateOutcome::Rejected(bans::record_rate_drop(&mut *st, now, policy))
+        }
+    }
+
+    #[inline(always)]
+    fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool {
+        match GLOBAL_GUARD.get_ptr_mut(self.slot) {
+            Some(tat) => gcra_shared(tat, gcra, now),
+            None => true,
+        }
+    }
+
+    #[inline(always)]
+    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
+        let mut ev = Event {
+            kind,
+            key: self.key,
+            at: now,
+            ..Event::default()
+        };
+        if let Some(b) = ban {
+            ev.reason = b.reason;
+            ev.level = b.level;
+            ev.value = b.until - b.since;
+        } else if let Some(st) = self.state(false) {
+            // SAFETY: `st` points into the SOURCES value for this key.
+            unsafe {
+                ev.value = if kind == event_kind::BOUNCE_LIMIT {
+                    (*st).bounces
+                } else {
+                    (*st).syns
+                };
+            }
+        }
+        if EVENTS.output::<Event>(&ev, 0).is_err() {
+            count(Counter::EventsLost);
+        }
+    }
+
+    #[inline(always)]
+    fn count(&mut self, counter: Counter) {
+        count(counter);
+    }
+}
+
+#[inline(always)]
+fn source_key(seg: &Segment, policy: &Policy) -> SourceKey {
+    let prefix = if seg.family == FAMILY_V4 {
+        policy.ipv4_prefix
+    } else {
+        policy.ipv6_prefix
+    };
+    SourceKey::masked(seg.family, &seg.src, prefix)
+}
+
+#[inline(always)]
+fn on_syn(seg: &Segment, port: u32, policy: &Policy) -> (Counter, u32) {
+    let slot = (port & port_flags::SLOT_MASK).wrapping_sub(1);
+    let mut env = KernelEnv {
+        seg,
+        key: source_key(seg, policy),
+        slot,
+    };
+    let verdict = decide::decide_syn(&mut env, policy, now());
+    let (counter, action) = verdict.outcome(policy.dry_run());
+    if let Some(stats) = PORT_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot.
+        unsafe {
+            match (verdict, action) {
+                (SynVerdict::Admitted | SynVerdict::Allowlisted, _) => (*stats).syn_admitted += 1,
+                (_, xdp_action::XDP_DROP) => (*stats).syn_dropped += 1,
+                _ => (*stats).syn_would_drop += 1,
+            }
+        }
+    }
+    (counter, action)
+}
+
+/// One `bpf_loop` step: is there a null-sender command at `index`?
+extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(area) = SCAN_BUF.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU scan area, filled by `on_payload` on this CPU just before.
+    unsafe {
+        if bounce::null_sender_at(&(*area).bytes, (*area).len as usize, index as usize) {
+            (*area).found += 1;
+        }
+    }
+    0
+}
+
+/// Port-25 client payload: count null-sender commands, and ban a source over its bounce limit.
+#[inline(always)]
+fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
+    let len = seg.payload_len;
+    if len > SCAN_WINDOW {
+        count(Counter::ScanSkipped);
+        return;
+    }
+    let Some(area) = SCAN_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: `bytes` holds SCAN_WINDOW bytes and 0 < len <= SCAN_WINDOW; the helper checks the
+    // packet bounds itself and fails on a truncated frame.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.as_ptr().cast(),
+            seg.payload_offset as u32,
+            (&raw mut (*area).bytes).cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        return;
+    }
+    // SAFETY: the per-CPU scan area; `scan_step` is a static function.
+    let found = unsafe {
+        (*area).len = len as u64;
+        (*area).found = 0;
+        bpf_loop(
+            len as u32,
+            scan_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        (*area).found
+    };
+    if found == 0 {
+        return;
+    }
+    let found = if found > 64 { 64 } else { found as u32 };
+    let mut env = KernelEnv {
+        seg,
+        key: source_key(seg, policy),
+        slot: 0,
+    };
+    if env.allowlisted() {
+        return;
+    }
+    let Some(st) = env.state(true) else {
+        return;
+    };
+    let now = now();
+    let storm = STORM.get(0).is_some_and(|&s| s != 0);
+    if let Some(c) = COUNTERS.get_ptr_mut(Counter::BouncesKernel as u32) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *c += found as u64 };
+    }
+    // SAFETY: `st` points into the SOURCES value for this key.
+    let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm, found, now) };
+    if verdict == BounceVerdict::OverLimit {
+        env.event(event_kind::BOUNCE_LIMIT, None, now);
+        decide::ban_source(&mut env, smtp_xdp_common::ban_reason::BOUNCES, policy, now);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
