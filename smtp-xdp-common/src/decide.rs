@@ -67,16 +67,24 @@ pub enum RateOutcome {
     Untracked,
 }
 
-/// The state a SYN decision reads and writes, for one source.
-pub trait SynEnv {
-    fn allowlisted(&mut self) -> bool;
-    fn denylisted(&mut self) -> bool;
-    /// A manual ban on a network containing the source is active.
-    fn net_banned(&mut self, now: u64) -> bool;
+/// The penalty box of one source, and where its events and counters go.
+pub trait BanEnv {
     /// The source's penalty-box entry, if any (active or expired).
     fn ban_entry(&mut self) -> Option<Ban>;
     /// Stores a new penalty-box entry; false when the map refused it.
     fn store_ban(&mut self, ban: &Ban) -> bool;
+    /// Reports a ban, a first drop or a bounce-limit crossing (ring buffer in the kernel).
+    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64);
+    /// Counts an event counter (bans issued, insert failures).
+    fn count(&mut self, counter: Counter);
+}
+
+/// The state a SYN decision reads and writes, for one source.
+pub trait SynEnv: BanEnv {
+    fn allowlisted(&mut self) -> bool;
+    fn denylisted(&mut self) -> bool;
+    /// A manual ban on a network containing the source is active.
+    fn net_banned(&mut self, now: u64) -> bool;
     /// Counts a SYN dropped for a ban in the source's statistics, if the source is tracked.
     fn note_banned_syn(&mut self, now: u64);
     /// Charges the SYN to the source's bucket (creating state on first sight), updates its
@@ -84,10 +92,6 @@ pub trait SynEnv {
     fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome;
     /// Charges the SYN to the port's global bucket.
     fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool;
-    /// Reports a ban or a first drop (ring buffer in the kernel).
-    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64);
-    /// Counts an event counter (bans issued, insert failures).
-    fn count(&mut self, counter: Counter);
 }
 
 /// Decides one SYN to a protected port. The ban check comes before the rate check, allow before
@@ -132,7 +136,7 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
 /// Puts the source in the penalty box for `reason`, escalating from its previous entry, unless it
 /// is already serving a ban.
 #[inline(always)]
-pub fn ban_source<E: SynEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64) -> Option<Ban> {
+pub fn ban_source<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64) -> Option<Ban> {
     let previous = env.ban_entry();
     if let Some(prev) = previous.as_ref() {
         if bans::is_active(prev, now) {
@@ -215,6 +219,24 @@ mod tests {
         bans_rate: u32,
     }
 
+    impl BanEnv for OneSource {
+        fn ban_entry(&mut self) -> Option<Ban> {
+            self.ban
+        }
+        fn store_ban(&mut self, ban: &Ban) -> bool {
+            self.ban = Some(*ban);
+            true
+        }
+        fn event(&mut self, kind: u32, _ban: Option<&Ban>, _now: u64) {
+            self.events[kind as usize] += 1;
+        }
+        fn count(&mut self, counter: Counter) {
+            if counter == Counter::BansRate {
+                self.bans_rate += 1;
+            }
+        }
+    }
+
     impl SynEnv for OneSource {
         fn allowlisted(&mut self) -> bool {
             self.allow
@@ -224,13 +246,6 @@ mod tests {
         }
         fn net_banned(&mut self, now: u64) -> bool {
             self.net_ban.is_some_and(|until| now < until)
-        }
-        fn ban_entry(&mut self) -> Option<Ban> {
-            self.ban
-        }
-        fn store_ban(&mut self, ban: &Ban) -> bool {
-            self.ban = Some(*ban);
-            true
         }
         fn note_banned_syn(&mut self, _now: u64) {}
         fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
@@ -250,14 +265,6 @@ mod tests {
                     true
                 }
                 None => false,
-            }
-        }
-        fn event(&mut self, kind: u32, _ban: Option<&Ban>, _now: u64) {
-            self.events[kind as usize] += 1;
-        }
-        fn count(&mut self, counter: Counter) {
-            if counter == Counter::BansRate {
-                self.bans_rate += 1;
             }
         }
     }

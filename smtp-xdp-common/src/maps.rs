@@ -5,13 +5,18 @@ use crate::limiter::Gcra;
 /// Map names as they appear in the ELF object and as file names under the pin directory.
 pub mod names {
     pub const POLICY: &str = "POLICY";
+    pub const SELECT: &str = "SELECT";
     pub const PORT_SLOTS: &str = "PORT_SLOTS";
     pub const SOURCES: &str = "SOURCES";
     pub const BANS: &str = "BANS";
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const DENY_V4: &str = "DENY_V4";
-    pub const DENY_V6: &str = "DENY_V6";
+    pub const ALLOW_V4_A: &str = "ALLOW_V4_A";
+    pub const ALLOW_V4_B: &str = "ALLOW_V4_B";
+    pub const ALLOW_V6_A: &str = "ALLOW_V6_A";
+    pub const ALLOW_V6_B: &str = "ALLOW_V6_B";
+    pub const DENY_V4_A: &str = "DENY_V4_A";
+    pub const DENY_V4_B: &str = "DENY_V4_B";
+    pub const DENY_V6_A: &str = "DENY_V6_A";
+    pub const DENY_V6_B: &str = "DENY_V6_B";
     pub const BANNED_NETS_V4: &str = "BANNED_NETS_V4";
     pub const BANNED_NETS_V6: &str = "BANNED_NETS_V6";
     pub const COUNTERS: &str = "COUNTERS";
@@ -20,19 +25,23 @@ pub mod names {
     pub const GLOBAL_GUARD: &str = "GLOBAL_GUARD";
     pub const STORM: &str = "STORM";
     pub const EVENTS: &str = "EVENTS";
-    pub const SCAN_BUF: &str = "SCAN_BUF";
     pub const META: &str = "META";
 
-    /// Every map the controller pins, in a stable order.
-    pub const PINNED: [&str; 17] = [
+    /// Every map the controller pins (all but the per-CPU scan scratch area).
+    pub const PINNED: [&str; 22] = [
         POLICY,
+        SELECT,
         PORT_SLOTS,
         SOURCES,
         BANS,
-        ALLOW_V4,
-        ALLOW_V6,
-        DENY_V4,
-        DENY_V6,
+        ALLOW_V4_A,
+        ALLOW_V4_B,
+        ALLOW_V6_A,
+        ALLOW_V6_B,
+        DENY_V4_A,
+        DENY_V4_B,
+        DENY_V6_A,
+        DENY_V6_B,
         BANNED_NETS_V4,
         BANNED_NETS_V6,
         COUNTERS,
@@ -43,6 +52,16 @@ pub mod names {
         EVENTS,
         META,
     ];
+}
+
+/// Indices of the `SELECT` array. Each holds 0 or 1: which of two copies is live. Writers fill the
+/// other copy completely, then flip the index with one 4-byte store, so the kernel (and anyone
+/// killed half-way) only ever sees a whole old or a whole new list or policy.
+pub mod select {
+    pub const ALLOW: u32 = 0;
+    pub const DENY: u32 = 1;
+    pub const POLICY: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Default sizes of the maps the controller can resize.

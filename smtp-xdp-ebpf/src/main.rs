@@ -25,17 +25,21 @@ use aya_ebpf::{
 };
 use smtp_xdp_common::{
     bans, bounce,
-    decide::{self, BounceVerdict, RateOutcome, SynEnv, SynVerdict},
+    decide::{self, BanEnv, BounceVerdict, RateOutcome, SynEnv, SynVerdict},
     event_kind,
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
-    port_flags, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey, SourceState,
+    port_flags, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey, SourceState,
     DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
     MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
 };
 
+/// Two policy copies; `SELECT[select::POLICY]` names the live one.
 #[map]
-static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+static POLICY: Array<Policy> = Array::with_max_entries(2, 0);
+/// Which copy of the policy and of each list is live (see `smtp_xdp_common::select`).
+#[map]
+static SELECT: Array<u32> = Array::with_max_entries(select::COUNT, 0);
 /// Indexed by destination port: 0 = not protected, else `port_flags`.
 #[map]
 static PORT_SLOTS: Array<u32> = Array::with_max_entries(65536, 0);
@@ -46,18 +50,24 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 /// The penalty box. A plain hash, not LRU: a spoofed flood must not be able to evict bans.
 #[map]
 static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(DEFAULT_MAX_BANS, 0);
-#[map]
-static ALLOW_V4: LpmTrie<[u8; 4], u32> =
-    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
-#[map]
-static ALLOW_V6: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
-#[map]
-static DENY_V4: LpmTrie<[u8; 4], u32> =
-    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
-#[map]
-static DENY_V6: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+macro_rules! list_trie {
+    ($name:ident, $key:ty) => {
+        #[map]
+        static $name: LpmTrie<$key, u32> =
+            LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+    };
+}
+// Allow and deny lists in two copies each (A/B), swapped whole by `SELECT`.
+list_trie!(ALLOW_V4_A, [u8; 4]);
+list_trie!(ALLOW_V4_B, [u8; 4]);
+list_trie!(ALLOW_V6_A, [u8; 16]);
+list_trie!(ALLOW_V6_B, [u8; 16]);
+list_trie!(DENY_V4_A, [u8; 4]);
+list_trie!(DENY_V4_B, [u8; 4]);
+list_trie!(DENY_V6_A, [u8; 16]);
+list_trie!(DENY_V6_B, [u8; 16]);
+
 /// Manual bans of addresses and networks, with expiry.
 #[map]
 static BANNED_NETS_V4: LpmTrie<[u8; 4], Ban> =
@@ -140,7 +150,7 @@ fn classify(ctx: &XdpContext) -> (Counter, u32) {
         Some(&p) if p != 0 => p,
         _ => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
     };
-    let Some(policy) = POLICY.get(0) else {
+    let Some(policy) = POLICY.get(live(select::POLICY)) else {
         return (Counter::NoPolicy, xdp_action::XDP_PASS);
     };
     if seg.is_new_connection() {
@@ -150,6 +160,15 @@ fn classify(ctx: &XdpContext) -> (Counter, u32) {
         on_payload(ctx, &seg, policy);
     }
     (Counter::PassSmtpOther, xdp_action::XDP_PASS)
+}
+
+/// Which copy (0 or 1) of a double-buffered map is live.
+#[inline(always)]
+fn live(what: u32) -> u32 {
+    match SELECT.get(what) {
+        Some(&1) => 1,
+        _ => 0,
+    }
 }
 
 #[inline(always)]
@@ -251,22 +270,71 @@ impl KernelEnv<'_> {
     }
 }
 
+impl BanEnv for KernelEnv<'_> {
+    #[inline(always)]
+    fn ban_entry(&mut self) -> Option<Ban> {
+        // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
+        unsafe { BANS.get(&self.key).copied() }
+    }
+
+    #[inline(always)]
+    fn store_ban(&mut self, ban: &Ban) -> bool {
+        BANS.insert(&self.key, ban, 0).is_ok()
+    }
+
+    #[inline(always)]
+    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
+        let mut ev = Event {
+            kind,
+            key: self.key,
+            at: now,
+            ..Event::default()
+        };
+        if let Some(b) = ban {
+            ev.reason = b.reason;
+            ev.level = b.level;
+            ev.value = b.until - b.since;
+        } else if let Some(st) = self.state(false) {
+            // SAFETY: `st` points into the SOURCES value for this key.
+            unsafe {
+                ev.value = if kind == event_kind::BOUNCE_LIMIT {
+                    (*st).bounces
+                } else {
+                    (*st).syns
+                };
+            }
+        }
+        if EVENTS.output::<Event>(&ev, 0).is_err() {
+            count(Counter::EventsLost);
+        }
+    }
+
+    #[inline(always)]
+    fn count(&mut self, counter: Counter) {
+        count(counter);
+    }
+}
+
 impl SynEnv for KernelEnv<'_> {
     #[inline(always)]
     fn allowlisted(&mut self) -> bool {
-        if self.is_v4() {
-            ALLOW_V4.get(self.v4()).is_some()
-        } else {
-            ALLOW_V6.get(self.v6()).is_some()
+        let b = live(select::ALLOW) == 1;
+        match (self.is_v4(), b) {
+            (true, false) => ALLOW_V4_A.get(self.v4()).is_some(),
+            (true, true) => ALLOW_V4_B.get(self.v4()).is_some(),
+            (false, false) => ALLOW_V6_A.get(self.v6()).is_some(),
+            (false, true) => ALLOW_V6_B.get(self.v6()).is_some(),
         }
     }
 
     #[inline(always)]
     fn denylisted(&mut self) -> bool {
-        if self.is_v4() {
-            DENY_V4.get(self.v4()).is_some()
-        } else {
-            DENY_V6.get(self.v6()).is_some()
+        let b = live(select::DENY) == 1;
+        match (self.is_v4(), b) {
+            (true, false) => DENY_V4_A.get(self.v4()).is_some(),
+            (true, true) => DENY_V4_B.get(self.v4()).is_some(),
+            (false, false) => DENY_V6_A.get(self.v6()).is_some(),
+            (false, true) => DENY_V6_B.get(self.v6()).is_some(),
         }
     }
 
@@ -278,17 +346,6 @@ impl SynEnv for KernelEnv<'_> {
             BANNED_NETS_V6.get(self.v6())
         };
         ban.is_some_and(|b| bans::is_active(b, now))
-    }
-
-    #[inline(always)]
-    fn ban_entry(&mut self) -> Option<Ban> {
-        // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
-        unsafe { BANS.get(&self.key).copied() }
-    }
-
-    #[inline(always)]
-    fn store_ban(&mut self, ban: &Ban) -> bool {
-        BANS.insert(&self.key, ban, 0).is_ok()
     }
 
     #[inline(always)]
@@ -328,38 +385,6 @@ impl SynEnv for KernelEnv<'_> {
             Some(tat) => gcra_shared(tat, gcra, now),
             None => true,
         }
-    }
-
-    #[inline(always)]
-    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
-        let mut ev = Event {
-            kind,
-            key: self.key,
-            at: now,
-            ..Event::default()
-        };
-        if let Some(b) = ban {
-            ev.reason = b.reason;
-            ev.level = b.level;
-            ev.value = b.until - b.since;
-        } else if let Some(st) = self.state(false) {
-            // SAFETY: `st` points into the SOURCES value for this key.
-            unsafe {
-                ev.value = if kind == event_kind::BOUNCE_LIMIT {
-                    (*st).bounces
-                } else {
-                    (*st).syns
-                };
-            }
-        }
-        if EVENTS.output::<Event>(&ev, 0).is_err() {
-            count(Counter::EventsLost);
-        }
-    }
-
-    #[inline(always)]
-    fn count(&mut self, counter: Counter) {
-        count(counter);
     }
 }
 

@@ -1,1 +1,11 @@
+//! smtp-xdp's controller library: everything the `smtp-xdp` binary does, usable by the tests.
+
+pub mod clock;
+pub mod config;
+pub mod lists;
+pub mod maps;
+pub mod pins;
 pub mod program;
+pub mod state;
+pub mod stats;
+pub mod units;

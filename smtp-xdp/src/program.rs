@@ -1,4 +1,183 @@
-//! The compiled XDP object, embedded in the binary.
+//! Loading the XDP program into the kernel and attaching it to an interface.
+
+use std::path::Path;
+
+use aya::{
+    programs::{links::FdLink, ProgramError, Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use smtp_xdp_common::names;
+use thiserror::Error;
+
+use crate::config::XdpMode;
 
 /// The ELF object of smtp-xdp-ebpf, aligned for aya's parser.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/smtp-xdp"));
+
+/// The limiter program's name in the object.
+pub const PROGRAM: &str = "smtp_xdp";
+/// A program that passes everything, loaded by the benchmarks as a baseline.
+pub const PASS_PROGRAM: &str = "xdp_pass";
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot create the program's maps: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the kernel refused program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program {0} is missing from the object")]
+    Missing(&'static str),
+    #[error("XDP link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// How to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions<'a> {
+    /// Pin (or adopt) every map under this directory.
+    pub pin_dir: Option<&'a Path>,
+    pub max_sources: u32,
+    pub max_bans: u32,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            pin_dir: None,
+            max_sources: smtp_xdp_common::DEFAULT_MAX_SOURCES,
+            max_bans: smtp_xdp_common::DEFAULT_MAX_BANS,
+        }
+    }
+}
+
+/// Creates (or adopts pinned) maps and loads `programs` through the verifier.
+pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, LoadError> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::SOURCES, opts.max_sources)
+        .map_max_entries(names::BANS, opts.max_bans);
+    let paths: Vec<_> = opts
+        .pin_dir
+        .map(|dir| names::PINNED.iter().map(|n| (*n, dir.join(n))).collect())
+        .unwrap_or_default();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+    for &name in programs {
+        xdp(&mut ebpf, name)?
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of a loaded object.
+pub fn xdp<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// The XDP mode an attachment got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+impl Attached {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attached::Native => "native",
+            Attached::Generic => "skb",
+        }
+    }
+
+    /// `Meta::xdp_mode` encoding.
+    pub fn code(self) -> u32 {
+        match self {
+            Attached::Native => 1,
+            Attached::Generic => 2,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Attached::Native),
+            2 => Some(Attached::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches `prog` to `iface` with a BPF link and returns the link (owned: dropping it detaches,
+/// pinning it keeps the program attached after the process exits).
+///
+/// `Auto` tries native mode first and falls back to generic mode only after the driver refused
+/// native; the caller logs the mode obtained, so the fallback is never silent.
+pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(FdLink, Attached), LoadError> {
+    let tries: &[(AyaXdpMode, Attached)] = match mode {
+        XdpMode::Native => &[(AyaXdpMode::Driver, Attached::Native)],
+        XdpMode::Skb => &[(AyaXdpMode::Skb, Attached::Generic)],
+        XdpMode::Auto => &[
+            (AyaXdpMode::Driver, Attached::Native),
+            (AyaXdpMode::Skb, Attached::Generic),
+        ],
+    };
+    let mut last = None;
+    for &(flags, got) in tries {
+        match prog.attach(iface, flags) {
+            Ok(id) => {
+                let link = prog.take_link(id).map_err(|source| LoadError::Attach {
+                    iface: iface.into(),
+                    mode: got.name(),
+                    source,
+                })?;
+                let fd = FdLink::try_from(link)?;
+                return Ok((fd, got));
+            }
+            Err(source) => {
+                if matches!(source, ProgramError::UnknownInterface { .. }) {
+                    return Err(LoadError::Attach {
+                        iface: iface.into(),
+                        mode: got.name(),
+                        source,
+                    });
+                }
+                last = Some(LoadError::Attach {
+                    iface: iface.into(),
+                    mode: got.name(),
+                    source,
+                });
+            }
+        }
+    }
+    Err(last.expect("at least one mode is tried"))
+}
+
+/// Atomically replaces the program behind an existing (pinned) XDP link with `prog`: the
+/// interface is never without a program during an upgrade or a restart.
+pub fn replace(prog: &mut Xdp, link: FdLink) -> Result<FdLink, LoadError> {
+    let err = |source: ProgramError| LoadError::Attach {
+        iface: "(pinned link)".into(),
+        mode: "replace",
+        source,
+    };
+    let xdp_link = aya::programs::xdp::XdpLink::try_from(link)?;
+    let id = prog.attach_to_link(xdp_link).map_err(err)?;
+    let link = prog.take_link(id).map_err(err)?;
+    Ok(FdLink::try_from(link)?)
+}

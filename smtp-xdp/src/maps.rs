@@ -1,0 +1,647 @@
+//! Typed handles to the program's maps, taken from a freshly loaded program or opened from the
+//! pins of a running one, and the operations the controller performs on them.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use smtp_xdp_common::{
+    names, port_flags, select, Ban, Counter, Meta, Policy, PortStats, SourceKey, SourceState,
+    UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MapsError {
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the program")]
+    Missing(&'static str),
+    #[error("cannot open pinned map {path}: {source}")]
+    Pin {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+    #[error("{list} list is full ({entries} entries)")]
+    ListFull { list: &'static str, entries: usize },
+}
+
+type Result<T> = std::result::Result<T, MapsError>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Which list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Allow,
+    Deny,
+}
+
+impl List {
+    pub fn name(self) -> &'static str {
+        match self {
+            List::Allow => "allow",
+            List::Deny => "deny",
+        }
+    }
+
+    fn select_index(self) -> u32 {
+        match self {
+            List::Allow => select::ALLOW,
+            List::Deny => select::DENY,
+        }
+    }
+}
+
+/// One copy (A or B) of a list: its IPv4 and IPv6 tries.
+pub struct ListCopy {
+    pub v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub v6: LpmTrie<MapData, [u8; 16], u32>,
+}
+
+/// All maps of one program instance.
+pub struct Maps {
+    pub policy: Array<MapData, Policy>,
+    pub select: Array<MapData, u32>,
+    pub port_slots: Array<MapData, u32>,
+    pub sources: HashMap<MapData, SourceKey, SourceState>,
+    pub bans: HashMap<MapData, SourceKey, Ban>,
+    pub allow: [ListCopy; 2],
+    pub deny: [ListCopy; 2],
+    pub banned_nets_v4: LpmTrie<MapData, [u8; 4], Ban>,
+    pub banned_nets_v6: LpmTrie<MapData, [u8; 16], Ban>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub user_counters: Array<MapData, u64>,
+    pub port_stats: PerCpuArray<MapData, PortStats>,
+    pub global_guard: Array<MapData, u64>,
+    pub storm: Array<MapData, u32>,
+    pub meta: Array<MapData, Meta>,
+}
+
+/// Where maps come from: a loaded program or a pin directory.
+trait Source {
+    fn map(&mut self, name: &'static str) -> Result<Map>;
+}
+
+impl Source for Ebpf {
+    fn map(&mut self, name: &'static str) -> Result<Map> {
+        self.take_map(name).ok_or(MapsError::Missing(name))
+    }
+}
+
+impl Source for &Path {
+    fn map(&mut self, name: &'static str) -> Result<Map> {
+        let path = self.join(name);
+        let data = MapData::from_pin(&path).map_err(|source| MapsError::Pin {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Map::from_map_data(data).map_err(map_err(name))
+    }
+}
+
+fn take<S: Source, T>(src: &mut S, name: &'static str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(src.map(name)?).map_err(map_err(name))
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded program (the program keeps its own references).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(ebpf)
+    }
+
+    /// Opens the maps pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut d = dir;
+        Self::from_source(&mut d)
+    }
+
+    fn from_source<S: Source>(s: &mut S) -> Result<Self> {
+        Ok(Maps {
+            policy: take(s, names::POLICY)?,
+            select: take(s, names::SELECT)?,
+            port_slots: take(s, names::PORT_SLOTS)?,
+            sources: take(s, names::SOURCES)?,
+            bans: take(s, names::BANS)?,
+            allow: [
+                ListCopy {
+                    v4: take(s, names::ALLOW_V4_A)?,
+                    v6: take(s, names::ALLOW_V6_A)?,
+                },
+                ListCopy {
+                    v4: take(s, names::ALLOW_V4_B)?,
+                    v6: take(s, names::ALLOW_V6_B)?,
+                },
+            ],
+            deny: [
+                ListCopy {
+                    v4: take(s, names::DENY_V4_A)?,
+                    v6: take(s, names::DENY_V6_A)?,
+                },
+                ListCopy {
+                    v4: take(s, names::DENY_V4_B)?,
+                    v6: take(s, names::DENY_V6_B)?,
+                },
+            ],
+            banned_nets_v4: take(s, names::BANNED_NETS_V4)?,
+            banned_nets_v6: take(s, names::BANNED_NETS_V6)?,
+            counters: take(s, names::COUNTERS)?,
+            user_counters: take(s, names::USER_COUNTERS)?,
+            port_stats: take(s, names::PORT_STATS)?,
+            global_guard: take(s, names::GLOBAL_GUARD)?,
+            storm: take(s, names::STORM)?,
+            meta: take(s, names::META)?,
+        })
+    }
+
+    fn live(&self, index: u32) -> Result<usize> {
+        Ok(
+            match self.select.get(&index, 0).map_err(map_err(names::SELECT))? {
+                1 => 1,
+                _ => 0,
+            },
+        )
+    }
+
+    // --- policy ------------------------------------------------------------------------------
+
+    /// The policy in force, or `None` before a controller wrote one.
+    pub fn policy(&self) -> Result<Option<Policy>> {
+        let p = self
+            .policy
+            .get(&(self.live(select::POLICY)? as u32), 0)
+            .map_err(map_err(names::POLICY))?;
+        Ok((p.syn.interval_ns != 0).then_some(p))
+    }
+
+    /// Replaces the policy: writes the idle copy, then flips the selector, so the kernel sees the
+    /// old or the new policy whole. Ports are re-slotted keeping existing ports' slots (and their
+    /// counters); a removed port's slot and counters are cleared.
+    pub fn set_policy(&mut self, new: &Policy) -> Result<()> {
+        let old_ports = self.policy()?.map(|p| p.ports).unwrap_or([0; MAX_PORTS]);
+        let mut policy = *new;
+        policy.ports = reslot(&old_ports, &new.ports);
+        let idle = 1 - self.live(select::POLICY)?;
+        self.policy
+            .set(idle as u32, policy, 0)
+            .map_err(map_err(names::POLICY))?;
+        // Protect new ports before the policy naming them goes live; unprotect removed ones after.
+        for (slot, &port) in policy.ports.iter().enumerate() {
+            if port != 0 {
+                let mut v = (slot as u32 + 1) & port_flags::SLOT_MASK;
+                if port == 25 {
+                    v |= port_flags::SCAN_BOUNCES;
+                }
+                self.port_slots
+                    .set(port as u32, v, 0)
+                    .map_err(map_err(names::PORT_SLOTS))?;
+            }
+        }
+        self.select
+            .set(select::POLICY, idle as u32, 0)
+            .map_err(map_err(names::SELECT))?;
+        for (slot, &port) in old_ports.iter().enumerate() {
+            if port != 0 && policy.ports[slot] != port {
+                if !policy.ports.contains(&port) {
+                    self.port_slots
+                        .set(port as u32, 0, 0)
+                        .map_err(map_err(names::PORT_SLOTS))?;
+                }
+                self.clear_port_slot(slot as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_port_slot(&mut self, slot: u32) -> Result<()> {
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
+            .map_err(|e| MapsError::Cpus(e.to_string()))?;
+        self.port_stats
+            .set(slot, zeros, 0)
+            .map_err(map_err(names::PORT_STATS))?;
+        self.global_guard
+            .set(slot, 0, 0)
+            .map_err(map_err(names::GLOBAL_GUARD))
+    }
+
+    // --- counters ----------------------------------------------------------------------------
+
+    /// Every kernel counter summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize]> {
+        let mut out = [0u64; Counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err(names::COUNTERS))?;
+            *slot = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(out)
+    }
+
+    pub fn user_counter(&self, c: UserCounter) -> Result<u64> {
+        self.user_counters
+            .get(&(c as u32), 0)
+            .map_err(map_err(names::USER_COUNTERS))
+    }
+
+    pub fn add_user_counter(&mut self, c: UserCounter, n: u64) -> Result<()> {
+        let v = self.user_counter(c)?;
+        self.user_counters
+            .set(c as u32, v.wrapping_add(n), 0)
+            .map_err(map_err(names::USER_COUNTERS))
+    }
+
+    /// Per-port SYN counters summed over CPUs, for the ports in `policy`.
+    pub fn port_stats(&self, policy: &Policy) -> Result<Vec<(u16, PortStats)>> {
+        let mut out = Vec::new();
+        for (slot, &port) in policy.ports.iter().enumerate() {
+            if port == 0 {
+                continue;
+            }
+            let per_cpu = self
+                .port_stats
+                .get(&(slot as u32), 0)
+                .map_err(map_err(names::PORT_STATS))?;
+            let mut sum = PortStats::default();
+            for s in per_cpu.iter() {
+                sum.syn_admitted += s.syn_admitted;
+                sum.syn_dropped += s.syn_dropped;
+                sum.syn_would_drop += s.syn_would_drop;
+            }
+            out.push((port, sum));
+        }
+        Ok(out)
+    }
+
+    pub fn storm(&self) -> Result<bool> {
+        Ok(self.storm.get(&0, 0).map_err(map_err(names::STORM))? != 0)
+    }
+
+    pub fn set_storm(&mut self, on: bool) -> Result<()> {
+        self.storm
+            .set(0, on as u32, 0)
+            .map_err(map_err(names::STORM))
+    }
+
+    pub fn meta(&self) -> Result<Meta> {
+        self.meta.get(&0, 0).map_err(map_err(names::META))
+    }
+
+    pub fn set_meta(&mut self, meta: &Meta) -> Result<()> {
+        self.meta.set(0, *meta, 0).map_err(map_err(names::META))
+    }
+
+    // --- lists -------------------------------------------------------------------------------
+
+    fn list_copy(&self, list: List, copy: usize) -> &ListCopy {
+        match list {
+            List::Allow => &self.allow[copy],
+            List::Deny => &self.deny[copy],
+        }
+    }
+
+    fn list_copy_mut(&mut self, list: List, copy: usize) -> &mut ListCopy {
+        match list {
+            List::Allow => &mut self.allow[copy],
+            List::Deny => &mut self.deny[copy],
+        }
+    }
+
+    /// The entries of the live copy of `list`, sorted.
+    pub fn list_entries(&self, list: List) -> Result<Vec<IpNet>> {
+        let live = self.live(list.select_index())?;
+        let copy = self.list_copy(list, live);
+        let mut out = BTreeSet::new();
+        for k in copy.v4.keys() {
+            let k = k.map_err(map_err("list"))?;
+            out.insert(v4_net(k.data(), k.prefix_len()));
+        }
+        for k in copy.v6.keys() {
+            let k = k.map_err(map_err("list"))?;
+            out.insert(v6_net(k.data(), k.prefix_len()));
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Adds (or removes) one entry in the live copy: a single map update, atomic by itself.
+    pub fn list_edit(&mut self, list: List, net: &IpNet, add: bool) -> Result<bool> {
+        let live = self.live(list.select_index())?;
+        let copy = self.list_copy_mut(list, live);
+        let r = match net {
+            IpNet::V4(n) => {
+                let key = Key::new(n.prefix_len() as u32, n.network().octets());
+                if add {
+                    copy.v4.insert(&key, 1, 0).map(|_| true)
+                } else {
+                    remove_existing(copy.v4.remove(&key))
+                }
+            }
+            IpNet::V6(n) => {
+                let key = Key::new(n.prefix_len() as u32, n.network().octets());
+                if add {
+                    copy.v6.insert(&key, 1, 0).map(|_| true)
+                } else {
+                    remove_existing(copy.v6.remove(&key))
+                }
+            }
+        };
+        r.map_err(|e| list_full(list, e))
+    }
+
+    /// Replaces `list` with `entries` as a whole: fills the idle copy, then flips the selector.
+    /// Killed half-way, the live copy is untouched; the next replace clears the idle one first.
+    pub fn list_replace(&mut self, list: List, entries: &[IpNet]) -> Result<()> {
+        let idle = 1 - self.live(list.select_index())?;
+        self.list_clear(list, idle)?;
+        let copy = self.list_copy_mut(list, idle);
+        for net in entries {
+            match net {
+                IpNet::V4(n) => copy
+                    .v4
+                    .insert(&Key::new(n.prefix_len() as u32, n.network().octets()), 1, 0)
+                    .map_err(|e| list_full(list, e))?,
+                IpNet::V6(n) => copy
+                    .v6
+                    .insert(&Key::new(n.prefix_len() as u32, n.network().octets()), 1, 0)
+                    .map_err(|e| list_full(list, e))?,
+            }
+        }
+        self.select
+            .set(list.select_index(), idle as u32, 0)
+            .map_err(map_err(names::SELECT))?;
+        // The old copy is idle now; empty it to give its memory back.
+        self.list_clear(list, 1 - idle)
+    }
+
+    fn list_clear(&mut self, list: List, copy: usize) -> Result<()> {
+        let c = self.list_copy_mut(list, copy);
+        let keys4: Vec<_> = c.v4.keys().filter_map(|k| k.ok()).collect();
+        for k in keys4 {
+            remove_existing(c.v4.remove(&k)).map_err(map_err("list"))?;
+        }
+        let keys6: Vec<_> = c.v6.keys().filter_map(|k| k.ok()).collect();
+        for k in keys6 {
+            remove_existing(c.v6.remove(&k)).map_err(map_err("list"))?;
+        }
+        Ok(())
+    }
+
+    // --- bans --------------------------------------------------------------------------------
+
+    /// Every penalty-box entry: per-source bans and manual network bans.
+    pub fn ban_entries(&self) -> Result<Vec<BanEntry>> {
+        let mut out = Vec::new();
+        for item in self.bans.iter() {
+            let (key, ban) = item.map_err(map_err(names::BANS))?;
+            out.push(BanEntry {
+                target: BanTarget::Source(key),
+                ban,
+            });
+        }
+        for item in self.banned_nets_v4.iter() {
+            let (key, ban) = item.map_err(map_err(names::BANNED_NETS_V4))?;
+            out.push(BanEntry {
+                target: BanTarget::Net(v4_net(key.data(), key.prefix_len())),
+                ban,
+            });
+        }
+        for item in self.banned_nets_v6.iter() {
+            let (key, ban) = item.map_err(map_err(names::BANNED_NETS_V6))?;
+            out.push(BanEntry {
+                target: BanTarget::Net(v6_net(key.data(), key.prefix_len())),
+                ban,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Bans a network (or single address) by hand until `ban.until`.
+    pub fn ban_net(&mut self, net: &IpNet, ban: &Ban) -> Result<()> {
+        match net {
+            IpNet::V4(n) => self.banned_nets_v4.insert(
+                &Key::new(n.prefix_len() as u32, n.network().octets()),
+                ban,
+                0,
+            ),
+            IpNet::V6(n) => self.banned_nets_v6.insert(
+                &Key::new(n.prefix_len() as u32, n.network().octets()),
+                ban,
+                0,
+            ),
+        }
+        .map_err(map_err(names::BANNED_NETS_V4))
+    }
+
+    /// Removes a manual network ban with exactly this prefix; true if there was one.
+    pub fn unban_net(&mut self, net: &IpNet) -> Result<bool> {
+        match net {
+            IpNet::V4(n) => remove_existing(
+                self.banned_nets_v4
+                    .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            ),
+            IpNet::V6(n) => remove_existing(
+                self.banned_nets_v6
+                    .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            ),
+        }
+        .map_err(map_err(names::BANNED_NETS_V4))
+    }
+
+    pub fn ban_source(&mut self, key: &SourceKey, ban: &Ban) -> Result<()> {
+        self.bans.insert(key, ban, 0).map_err(map_err(names::BANS))
+    }
+
+    pub fn unban_source(&mut self, key: &SourceKey) -> Result<bool> {
+        remove_existing(self.bans.remove(key)).map_err(map_err(names::BANS))
+    }
+
+    /// Removes bans that are over: manual network bans at expiry, per-source bans once their
+    /// escalation memory ran out too (or at expiry when the map is filling up). Returns how many.
+    pub fn sweep_bans(&mut self, now: u64, memory_ns: u64, capacity: u32) -> Result<u64> {
+        let mut removed = 0;
+        let entries = self.ban_entries()?;
+        let per_source = entries
+            .iter()
+            .filter(|e| matches!(e.target, BanTarget::Source(_)))
+            .count();
+        // Past three quarters full, expired entries go at once: new bans matter more than the
+        // escalation history of old ones.
+        let pressed = per_source as u64 * 4 > capacity as u64 * 3;
+        for e in entries {
+            let over = match e.target {
+                BanTarget::Net(_) => !smtp_xdp_common::bans::is_active(&e.ban, now),
+                BanTarget::Source(_) => {
+                    smtp_xdp_common::bans::is_forgotten(&e.ban, now, memory_ns)
+                        || (pressed && !smtp_xdp_common::bans::is_active(&e.ban, now))
+                }
+            };
+            if !over {
+                continue;
+            }
+            let gone = match &e.target {
+                BanTarget::Net(n) => self.unban_net(n)?,
+                BanTarget::Source(k) => self.unban_source(k)?,
+            };
+            removed += gone as u64;
+        }
+        Ok(removed)
+    }
+
+    // --- sources -----------------------------------------------------------------------------
+
+    pub fn source(&self, key: &SourceKey) -> Result<Option<SourceState>> {
+        match self.sources.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::SOURCES)(e)),
+        }
+    }
+
+    pub fn set_source(&mut self, key: &SourceKey, st: &SourceState) -> Result<()> {
+        self.sources
+            .insert(key, st, 0)
+            .map_err(map_err(names::SOURCES))
+    }
+}
+
+/// Reads `META[0]` from a pin directory without opening anything else.
+pub fn open_meta(dir: &Path) -> Result<Meta> {
+    let mut d = dir;
+    let meta: Array<MapData, Meta> = take(&mut d, names::META)?;
+    meta.get(&0, 0).map_err(map_err(names::META))
+}
+
+fn remove_existing(r: std::result::Result<(), MapError>) -> std::result::Result<bool, MapError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn list_full(list: List, e: MapError) -> MapsError {
+    match &e {
+        MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC) => {
+            MapsError::ListFull {
+                list: list.name(),
+                entries: smtp_xdp_common::MAX_LIST_ENTRIES as usize,
+            }
+        }
+        _ => MapsError::Map {
+            name: "list",
+            source: e,
+        },
+    }
+}
+
+/// A per-source ban or a manual network ban.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanEntry {
+    pub target: BanTarget,
+    pub ban: Ban,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BanTarget {
+    Source(SourceKey),
+    Net(IpNet),
+}
+
+fn v4_net(data: [u8; 4], prefix: u32) -> IpNet {
+    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(data), prefix.min(32) as u8).unwrap_or_default())
+}
+
+fn v6_net(data: [u8; 16], prefix: u32) -> IpNet {
+    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(data), prefix.min(128) as u8).unwrap_or_default())
+}
+
+/// The network a source key stands for (its address with the prefix it was masked to).
+pub fn key_net(key: &SourceKey, policy: Option<&Policy>) -> IpNet {
+    if key.family == FAMILY_V4 {
+        let prefix = policy.map_or(32, |p| p.ipv4_prefix);
+        v4_net([key.addr[0], key.addr[1], key.addr[2], key.addr[3]], prefix)
+    } else {
+        let prefix = policy.map_or(64, |p| p.ipv6_prefix);
+        v6_net(key.addr, prefix)
+    }
+}
+
+/// The source key of an address under `policy`'s prefixes.
+pub fn addr_key(addr: IpAddr, policy: &Policy) -> SourceKey {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            SourceKey::masked(FAMILY_V4, &b, policy.ipv4_prefix)
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => addr_key(IpAddr::V4(v4), policy),
+            None => SourceKey::masked(FAMILY_V6, &a.octets(), policy.ipv6_prefix),
+        },
+    }
+}
+
+/// Slots for a new port set: ports already protected keep their slot (and counters).
+fn reslot(old: &[u16; MAX_PORTS], new: &[u16; MAX_PORTS]) -> [u16; MAX_PORTS] {
+    let mut out = [0u16; MAX_PORTS];
+    for (slot, &port) in old.iter().enumerate() {
+        if port != 0 && new.contains(&port) {
+            out[slot] = port;
+        }
+    }
+    for &port in new.iter().filter(|&&p| p != 0) {
+        if !out.contains(&port) {
+            if let Some(free) = out.iter().position(|&p| p == 0) {
+                out[free] = port;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reslot_keeps_existing_slots() {
+        let old = [25, 465, 587, 0, 0, 0, 0, 0];
+        let new = [2525, 25, 0, 0, 0, 0, 0, 0];
+        assert_eq!(reslot(&old, &new), [25, 2525, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(reslot(&[0; 8], &old), old);
+    }
+
+    #[test]
+    fn keys_mask_and_map_v4_in_v6() {
+        let p = crate::config::Settings::default().policy();
+        let k = addr_key("2001:db8:1:2:3:4:5:6".parse().unwrap(), &p);
+        assert_eq!(key_net(&k, Some(&p)).to_string(), "2001:db8:1:2::/64");
+        let k4 = addr_key("::ffff:198.18.0.9".parse().unwrap(), &p);
+        assert_eq!(key_net(&k4, Some(&p)).to_string(), "198.18.0.9/32");
+    }
+}

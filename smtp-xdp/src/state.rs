@@ -1,0 +1,346 @@
+//! The state file: bans (with their remaining time and escalation level) and both lists, saved
+//! so a reboot (which empties bpffs) forgets nothing.
+//!
+//! Written atomically: a temporary file in the same directory, fsync, rename over the old one,
+//! fsync of the directory. A reader sees the old file or the new one, never a mix; a damaged
+//! file is refused with a message and left in place for inspection.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use smtp_xdp_common::{ban_reason, Ban, SourceKey, FAMILY_V4, FAMILY_V6};
+use thiserror::Error;
+
+use crate::{
+    clock,
+    maps::{BanEntry, BanTarget, List, Maps, MapsError},
+};
+
+pub const FORMAT: u32 = 1;
+/// Largest state file read back: bans (64k) and two full lists fit with room to spare.
+const MAX_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is damaged ({reason}); it was left as is. Move it away to start without saved bans and lists, or restore a backup")]
+    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub format: u32,
+    /// Unix time of the save.
+    pub saved_at: u64,
+    pub iface: String,
+    pub bans: Vec<SavedBan>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedBan {
+    /// The banned source (at the prefix it was counted by) or network.
+    pub target: String,
+    /// "source" (automatic or per-source) or "net" (manual network ban).
+    pub kind: String,
+    /// Unix time the ban ends.
+    pub until: u64,
+    /// Unix time the ban began.
+    pub since: u64,
+    pub level: u32,
+    pub reason: String,
+}
+
+pub fn reason_name(reason: u32) -> &'static str {
+    match reason {
+        ban_reason::RATE => "rate",
+        ban_reason::BOUNCES => "bounces",
+        ban_reason::MANUAL => "manual",
+        _ => "unknown",
+    }
+}
+
+fn reason_code(name: &str) -> Option<u32> {
+    match name {
+        "rate" => Some(ban_reason::RATE),
+        "bounces" => Some(ban_reason::BOUNCES),
+        "manual" => Some(ban_reason::MANUAL),
+        _ => None,
+    }
+}
+
+/// The state file of `iface` in `dir`.
+pub fn path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{iface}.state.json"))
+}
+
+impl StateFile {
+    /// Snapshot of the maps.
+    pub fn capture(maps: &Maps, iface: &str) -> Result<Self, StateError> {
+        let policy = maps.policy()?;
+        let bans = maps
+            .ban_entries()?
+            .into_iter()
+            .map(|e| {
+                let (target, kind) = match &e.target {
+                    BanTarget::Source(k) => (crate::maps::key_net(k, policy.as_ref()), "source"),
+                    BanTarget::Net(n) => (*n, "net"),
+                };
+                SavedBan {
+                    target: target.to_string(),
+                    kind: kind.into(),
+                    until: clock::to_unix_secs(e.ban.until),
+                    since: clock::to_unix_secs(e.ban.since),
+                    level: e.ban.level,
+                    reason: reason_name(e.ban.reason).into(),
+                }
+            })
+            .collect();
+        let names = |l| -> Result<Vec<String>, StateError> {
+            Ok(maps
+                .list_entries(l)?
+                .iter()
+                .map(|n| n.to_string())
+                .collect())
+        };
+        Ok(StateFile {
+            format: FORMAT,
+            saved_at: clock::to_unix_secs(clock::boot_ns()),
+            iface: iface.into(),
+            bans,
+            allow: names(List::Allow)?,
+            deny: names(List::Deny)?,
+        })
+    }
+
+    /// Checks every entry, so a restore applies all or nothing.
+    pub fn decode(&self, path: &Path) -> Result<Decoded, StateError> {
+        let damaged = |reason: String| StateError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if self.format != FORMAT {
+            return Err(damaged(format!(
+                "format {} (this build reads {FORMAT})",
+                self.format
+            )));
+        }
+        let nets = |v: &[String], what: &str| -> Result<Vec<IpNet>, StateError> {
+            v.iter()
+                .map(|s| {
+                    s.parse::<IpNet>()
+                        .map_err(|_| damaged(format!("{what} entry {s:?} is not a CIDR")))
+                })
+                .collect()
+        };
+        let mut bans = Vec::with_capacity(self.bans.len());
+        for b in &self.bans {
+            let net: IpNet = b
+                .target
+                .parse()
+                .map_err(|_| damaged(format!("ban target {:?} is not a CIDR", b.target)))?;
+            let reason = reason_code(&b.reason)
+                .ok_or_else(|| damaged(format!("ban reason {:?} is unknown", b.reason)))?;
+            let ban = Ban {
+                until: clock::from_unix_secs(b.until),
+                since: clock::from_unix_secs(b.since),
+                level: b.level.min(smtp_xdp_common::bans::MAX_LEVEL),
+                reason,
+            };
+            let target = match b.kind.as_str() {
+                "net" => BanTarget::Net(net),
+                "source" => BanTarget::Source(net_key(&net)),
+                other => return Err(damaged(format!("ban kind {other:?} is unknown"))),
+            };
+            bans.push(BanEntry { target, ban });
+        }
+        Ok(Decoded {
+            bans,
+            allow: nets(&self.allow, "allow")?,
+            deny: nets(&self.deny, "deny")?,
+        })
+    }
+
+    /// Writes the file atomically, readable by root only.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let io = |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(io)?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id()
+        ));
+        let body = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&body).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io)?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads a state file; `None` when there is none.
+    pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
+        let f = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mut text = Vec::new();
+        f.take(MAX_BYTES + 1)
+            .read_to_end(&mut text)
+            .map_err(|source| StateError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if text.len() as u64 > MAX_BYTES {
+            return Err(StateError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!("larger than {MAX_BYTES} bytes"),
+            });
+        }
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| StateError::Damaged {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// A state file's content, checked and converted.
+#[derive(Debug)]
+pub struct Decoded {
+    pub bans: Vec<BanEntry>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl Decoded {
+    /// Applies the saved state to fresh maps: lists replaced whole, bans restored with their
+    /// remaining time (those that ended while the machine was down keep their escalation level
+    /// until their memory runs out). Returns the number of bans restored.
+    pub fn restore(&self, maps: &mut Maps) -> Result<usize, StateError> {
+        maps.list_replace(List::Allow, &self.allow)?;
+        maps.list_replace(List::Deny, &self.deny)?;
+        for e in &self.bans {
+            match &e.target {
+                BanTarget::Net(n) => maps.ban_net(n, &e.ban)?,
+                BanTarget::Source(k) => maps.ban_source(k, &e.ban)?,
+            }
+        }
+        Ok(self.bans.len())
+    }
+}
+
+/// The source key of a saved source ban (the network address, already masked when saved).
+fn net_key(net: &IpNet) -> SourceKey {
+    let mut addr = [0u8; 16];
+    match net {
+        IpNet::V4(n) => {
+            addr[..4].copy_from_slice(&n.network().octets());
+            SourceKey::masked(FAMILY_V4, &addr, n.prefix_len() as u32)
+        }
+        IpNet::V6(n) => {
+            addr.copy_from_slice(&n.network().octets());
+            SourceKey::masked(FAMILY_V6, &addr, n.prefix_len() as u32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StateFile {
+        StateFile {
+            format: FORMAT,
+            saved_at: 1_795_000_000,
+            iface: "veth0".into(),
+            bans: vec![SavedBan {
+                target: "198.18.0.7/32".into(),
+                kind: "source".into(),
+                until: 1_795_000_600,
+                since: 1_795_000_000,
+                level: 2,
+                reason: "rate".into(),
+            }],
+            allow: vec!["192.0.2.0/24".into()],
+            deny: vec!["2001:db8::/32".into()],
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_mode() {
+        let dir = std::env::temp_dir().join(format!("smtp-xdp-state-{}", std::process::id()));
+        let p = path(&dir, "veth0");
+        sample().save(&p).unwrap();
+        assert_eq!(StateFile::load(&p).unwrap(), Some(sample()));
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let d = StateFile::load(&p).unwrap().unwrap().decode(&p).unwrap();
+        assert_eq!(d.bans.len(), 1);
+        assert_eq!(d.bans[0].ban.level, 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_files_are_refused_with_a_message() {
+        let dir = std::env::temp_dir().join(format!("smtp-xdp-damaged-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        let good = serde_json::to_vec(&sample()).unwrap();
+        for (what, bytes) in [
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("garbage", b"\x00\x01garbage".to_vec()),
+            ("empty", Vec::new()),
+        ] {
+            fs::write(&p, &bytes).unwrap();
+            let e = StateFile::load(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("is damaged") && e.contains("Move it away"),
+                "{what}: {e}"
+            );
+        }
+        let mut bad = sample();
+        bad.bans[0].target = "nonsense".into();
+        let e = bad.decode(&p).unwrap_err().to_string();
+        assert!(e.contains("ban target \"nonsense\" is not a CIDR"), "{e}");
+        assert_eq!(StateFile::load(&dir.join("missing")).unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,205 @@
+//! Reading the counters and the per-source table: `stats`, `status`, `top`, and the numbers the
+//! metrics exporter serves.
+
+use std::{cmp::Reverse, collections::BinaryHeap};
+
+use aya::maps::{HashMap, MapData};
+use serde::Serialize;
+use smtp_xdp_common::{Counter, Meta, Policy, PortStats, SourceKey, SourceState, UserCounter};
+
+use crate::maps::{BanTarget, Maps, MapsError};
+
+/// The counters of an instance at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub counters: [u64; Counter::COUNT as usize],
+    pub user: [u64; UserCounter::COUNT as usize],
+    pub ports: Vec<(u16, PortStats)>,
+    pub storm: bool,
+    pub policy: Option<Policy>,
+    pub meta: Meta,
+    pub bans_active_sources: u64,
+    pub bans_active_nets: u64,
+    pub bans_stored: u64,
+}
+
+pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize] = [
+    (UserCounter::BouncesPolicy, "bounces_policy"),
+    (UserCounter::BansBouncesPolicy, "bans_bounces_policy"),
+    (UserCounter::BansManual, "bans_manual"),
+    (UserCounter::PolicyRequests, "policy_requests"),
+    (UserCounter::PolicyErrors, "policy_errors"),
+    (UserCounter::BansExpired, "bans_expired"),
+    (UserCounter::StormsStarted, "storms_started"),
+];
+
+impl Snapshot {
+    pub fn read(maps: &Maps, now: u64) -> Result<Self, MapsError> {
+        let policy = maps.policy()?;
+        let mut user = [0u64; UserCounter::COUNT as usize];
+        for (c, _) in USER_COUNTER_NAMES {
+            user[c as usize] = maps.user_counter(c)?;
+        }
+        let (mut src, mut nets, mut stored) = (0, 0, 0);
+        for e in maps.ban_entries()? {
+            let active = smtp_xdp_common::bans::is_active(&e.ban, now);
+            match e.target {
+                BanTarget::Source(_) => {
+                    stored += 1;
+                    src += active as u64;
+                }
+                BanTarget::Net(_) => nets += active as u64,
+            }
+        }
+        Ok(Snapshot {
+            counters: maps.counters()?,
+            user,
+            ports: match &policy {
+                Some(p) => maps.port_stats(p)?,
+                None => Vec::new(),
+            },
+            storm: maps.storm()?,
+            policy,
+            meta: maps.meta()?,
+            bans_active_sources: src,
+            bans_active_nets: nets,
+            bans_stored: stored,
+        })
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counters[c as usize]
+    }
+
+    pub fn user(&self, c: UserCounter) -> u64 {
+        self.user[c as usize]
+    }
+
+    /// All counters by name, for `stats --json`.
+    pub fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for c in Counter::ALL {
+            m.insert(c.name().into(), self.get(c).into());
+        }
+        for (c, name) in USER_COUNTER_NAMES {
+            m.insert(name.into(), self.user(c).into());
+        }
+        let ports: serde_json::Map<String, serde_json::Value> = self
+            .ports
+            .iter()
+            .map(|(port, s)| {
+                (
+                    port.to_string(),
+                    serde_json::json!({
+                        "syn_admitted": s.syn_admitted,
+                        "syn_dropped": s.syn_dropped,
+                        "syn_would_drop": s.syn_would_drop,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "counters": m,
+            "ports": ports,
+            "storm": self.storm,
+            "bans_active": self.bans_active_sources + self.bans_active_nets,
+        })
+    }
+}
+
+/// One tracked source, as `top` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SourceRow {
+    pub source: String,
+    pub syns: u64,
+    pub drops: u64,
+    pub bounces: u64,
+    /// Seconds since the source was last seen.
+    pub idle_secs: u64,
+}
+
+/// What to rank sources by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    Drops,
+    Syns,
+    Bounces,
+}
+
+/// A walk of the per-source table: how many sources are tracked, and the top `k` by `rank`
+/// among those seen within `recent_ns`. Memory is bounded by `k`, whatever the table holds.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub tracked: u64,
+    pub top: Vec<(SourceKey, SourceState)>,
+}
+
+pub fn census(
+    sources: &HashMap<MapData, SourceKey, SourceState>,
+    now: u64,
+    k: usize,
+    rank: Rank,
+    recent_ns: u64,
+) -> Census {
+    let score = |s: &SourceState| match rank {
+        Rank::Drops => (s.drops, s.syns),
+        Rank::Syns => (s.syns, s.drops),
+        Rank::Bounces => (s.bounces, s.drops),
+    };
+    let mut heap: BinaryHeap<Reverse<((u64, u64), SourceKey, [u64; 4], u32)>> = BinaryHeap::new();
+    let mut tracked = 0;
+    // An entry can be evicted between the key walk and its lookup; such errors are skipped.
+    for (key, st) in sources.iter().flatten() {
+        tracked += 1;
+        if k == 0 || now.saturating_sub(st.last_seen) > recent_ns {
+            continue;
+        }
+        let sc = score(&st);
+        if sc == (0, 0) {
+            continue;
+        }
+        heap.push(Reverse((
+            sc,
+            key,
+            [st.syns, st.drops, st.bounces, st.last_seen],
+            st.window_drops,
+        )));
+        if heap.len() > k {
+            heap.pop();
+        }
+    }
+    let mut top: Vec<_> = heap
+        .into_iter()
+        .map(
+            |Reverse((_, key, [syns, drops, bounces, last_seen], window_drops))| {
+                (
+                    key,
+                    SourceState {
+                        syns,
+                        drops,
+                        bounces,
+                        last_seen,
+                        window_drops,
+                        ..SourceState::default()
+                    },
+                )
+            },
+        )
+        .collect();
+    top.sort_by_key(|(key, s)| (Reverse(score(s)), *key));
+    Census { tracked, top }
+}
+
+pub fn rows(census: &Census, policy: Option<&Policy>, now: u64) -> Vec<SourceRow> {
+    census
+        .top
+        .iter()
+        .map(|(k, s)| SourceRow {
+            source: crate::maps::key_net(k, policy).to_string(),
+            syns: s.syns,
+            drops: s.drops,
+            bounces: s.bounces,
+            idle_secs: now.saturating_sub(s.last_seen) / 1_000_000_000,
+        })
+        .collect()
+}
