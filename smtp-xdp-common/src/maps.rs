@@ -281,6 +281,11 @@ impl Counter {
         Counter::NoPolicy,
     ];
 
+    /// True for the counters that count packets by verdict (exactly one per packet).
+    pub const fn is_verdict(self) -> bool {
+        (self as u32) <= Counter::WouldDropGlobal as u32
+    }
+
     /// Stable snake_case name, used in `stats --json` and as metric label values.
     pub const fn name(self) -> &'static str {
         match self {

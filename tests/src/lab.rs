@@ -1,0 +1,276 @@
+//! Network-namespace labs: a server and a client namespace joined by a veth pair, addressed from
+//! 198.18.0.0/15 and 2001:db8::/32, torn down on drop (also when a test panics). Names carry the
+//! test process id and a counter, so parallel tests and leftovers never collide.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn ip(args: &[&str]) -> Output {
+    sh(Command::new("ip").args(args))
+}
+
+/// A server and a client namespace joined by one veth pair.
+pub struct Lab {
+    /// Short unique id, e.g. `4711a3`.
+    pub id: String,
+    pub server_ns: String,
+    pub client_ns: String,
+    /// The veth end inside the server namespace (where XDP attaches).
+    pub server_if: String,
+    pub client_if: String,
+    /// /24 index: server is 198.18.N.1, clients 198.18.N.2 and up.
+    pub net: u32,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let id = format!("{:x}{n:x}", pid % 0xfffff);
+        let net = 1 + ((pid + n * 7) % 250);
+        let dir = std::env::temp_dir().join(format!("smtp-xdp-lab-{id}"));
+        std::fs::create_dir_all(&dir).expect("lab dir");
+        let lab = Lab {
+            server_ns: format!("sxs-{id}"),
+            client_ns: format!("sxc-{id}"),
+            server_if: format!("sx{id}s"),
+            client_if: format!("sx{id}c"),
+            id,
+            net,
+            dir,
+            children: Vec::new(),
+        };
+        lab.setup();
+        lab
+    }
+
+    fn setup(&self) {
+        ip(&["netns", "add", &self.server_ns]);
+        ip(&["netns", "add", &self.client_ns]);
+        ip(&[
+            "link",
+            "add",
+            &self.server_if,
+            "netns",
+            &self.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.client_if,
+            "netns",
+            &self.client_ns,
+        ]);
+        let n = self.net;
+        self.exec_server(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{n}.1/24"),
+            "dev",
+            &self.server_if,
+        ]);
+        self.exec_server(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:{n:x}::1/64"),
+            "dev",
+            &self.server_if,
+            "nodad",
+        ]);
+        self.exec_server(&["ip", "link", "set", &self.server_if, "up"]);
+        self.exec_server(&["ip", "link", "set", "lo", "up"]);
+        self.exec_client(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{n}.2/24"),
+            "dev",
+            &self.client_if,
+        ]);
+        self.exec_client(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("2001:db8:{n:x}::2/64"),
+            "dev",
+            &self.client_if,
+            "nodad",
+        ]);
+        self.exec_client(&["ip", "link", "set", &self.client_if, "up"]);
+        self.exec_client(&["ip", "link", "set", "lo", "up"]);
+    }
+
+    pub fn server_addr(&self) -> String {
+        format!("198.18.{}.1", self.net)
+    }
+
+    /// The `i`-th client address (i = 0 is the primary, 198.18.N.2). Extra ones are added on
+    /// demand with [`Lab::add_client_addr`].
+    pub fn client_addr(&self, i: u32) -> String {
+        format!("198.18.{}.{}", self.net, 2 + i)
+    }
+
+    pub fn server_addr6(&self) -> String {
+        format!("2001:db8:{:x}::1", self.net)
+    }
+
+    pub fn client_addr6(&self, i: u32) -> String {
+        format!("2001:db8:{:x}::{:x}", self.net, 2 + i)
+    }
+
+    pub fn add_client_addr(&self, addr: &str) {
+        let plen = if addr.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()) {
+            "/64"
+        } else {
+            "/24"
+        };
+        let mut args = vec!["ip"];
+        if plen == "/64" {
+            args.push("-6");
+        }
+        let a = format!("{addr}{plen}");
+        args.extend(["addr", "add", &a, "dev", &self.client_if]);
+        if plen == "/64" {
+            args.push("nodad");
+        }
+        self.exec_client(&args);
+    }
+
+    /// A command run inside a namespace with `ip netns exec` (own mount namespace: bpffs pins of
+    /// the root namespace are not visible there).
+    pub fn in_ns(ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    /// A command run in a namespace's network only (`nsenter --net`), sharing the root's mounts
+    /// and thus `/sys/fs/bpf` pins: how the controller runs in tests.
+    pub fn in_net(ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}")).arg("--").args(args);
+        c
+    }
+
+    pub fn exec_server(&self, args: &[&str]) -> Output {
+        sh(&mut Self::in_ns(&self.server_ns, args))
+    }
+
+    pub fn exec_client(&self, args: &[&str]) -> Output {
+        sh(&mut Self::in_ns(&self.client_ns, args))
+    }
+
+    /// Starts a long-running process; it is killed when the lab drops.
+    pub fn spawn(&mut self, mut cmd: Command, log: &str) -> u32 {
+        let out = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Waits for a spawned process to exit by itself, returning its exit code.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.server_ns, &self.client_ns] {
+            // Whatever still runs in the namespace (Postfix daemons, floods) goes first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(p) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) on a process inside our own test namespace.
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        // Pins of a controller that was killed rather than stopped.
+        let pins = Path::new(smtp_xdp::pins::PIN_ROOT).join(&self.server_if);
+        let _ = smtp_xdp::pins::remove(&pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
