@@ -26,10 +26,10 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {key}: {source}")]
+    #[error("{origin}: {key}: {source}")]
     Value {
-        path: PathBuf,
-        key: &'static str,
+        origin: String,
+        key: String,
         source: ValueError,
     },
     #[error("{0}")]
@@ -216,42 +216,6 @@ impl Default for Settings {
     }
 }
 
-/// The config file: every key optional, unknown keys refused (a typo must not pass silently).
-/// Values are strings or numbers as an operator would write them.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileSettings {
-    pub iface: Option<String>,
-    pub rate: Option<String>,
-    pub burst: Option<u64>,
-    pub ports: Option<Vec<u16>>,
-    pub ipv4_prefix: Option<u32>,
-    pub ipv6_prefix: Option<u32>,
-    pub max_sources: Option<u32>,
-    pub max_bans: Option<u32>,
-    pub xdp_mode: Option<String>,
-    pub dry_run: Option<bool>,
-    pub ban_threshold: Option<u32>,
-    pub ban_window: Option<String>,
-    pub ban_time: Option<String>,
-    pub ban_max: Option<String>,
-    pub ban_memory: Option<String>,
-    pub bounce_rate: Option<String>,
-    pub bounce_burst: Option<u64>,
-    pub storm_rate: Option<String>,
-    pub storm_factor: Option<u32>,
-    pub storm_hold: Option<String>,
-    pub global_rate: Option<String>,
-    pub global_burst: Option<u64>,
-    pub policy_listen: Option<String>,
-    pub policy_action: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub top_offenders: Option<usize>,
-    pub state_dir: Option<PathBuf>,
-    pub save_interval: Option<String>,
-    pub log_format: Option<String>,
-}
-
 /// `off` (or empty) disables an optional rate or listener.
 fn is_off(s: &str) -> bool {
     matches!(s.trim(), "" | "off" | "none" | "0")
@@ -273,126 +237,107 @@ pub fn parse_optional_listen(s: &str) -> Result<Option<Listen>, ValueError> {
     }
 }
 
-impl FileSettings {
+/// A config file's settings as `(key, value)` pairs, in file order. Every key is checked by
+/// [`Settings::apply_key`], the same function that applies command-line flags and `set`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Where the values came from, for messages: "config file /etc/..." or "command line".
+    pub origin: String,
+    pub pairs: Vec<(String, String)>,
+    /// Line of each pair in the file (0 when not from a file).
+    pub lines: Vec<usize>,
+}
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+impl Overrides {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read as _;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_CONFIG_BYTES)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let perr = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string()
-                + &e.span()
-                    .map(|s| format!(" (line {})", line_of(text, s.start)))
-                    .unwrap_or_default(),
-        })
+            message,
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            perr(
+                e.message().to_string()
+                    + &e.span()
+                        .map(|s| format!(" (line {})", line_of(text, s.start)))
+                        .unwrap_or_default(),
+            )
+        })?;
+        let mut out = Overrides {
+            origin: format!("config file {}", path.display()),
+            ..Overrides::default()
+        };
+        for (key, value) in table {
+            let line = find_key_line(text, &key);
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(a) => a
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::Integer(i) => Ok(i.to_string()),
+                        toml::Value::String(s) => Ok(s.clone()),
+                        _ => Err(perr(format!(
+                            "{key} (line {line}): list items must be numbers or strings"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                _ => {
+                    return Err(perr(format!(
+                        "{key} (line {line}): use a string, a number, a boolean or a list"
+                    )))
+                }
+            };
+            out.pairs.push((key, value));
+            out.lines.push(line);
+        }
+        Ok(out)
     }
 
-    /// Applies this file's values over `s`.
-    pub fn apply(&self, path: &Path, s: &mut Settings) -> Result<(), ConfigError> {
-        let v = |key: &'static str| {
-            move |source: ValueError| ConfigError::Value {
-                path: path.to_path_buf(),
-                key,
-                source,
-            }
-        };
-        if let Some(x) = &self.iface {
-            s.iface = Some(x.clone());
-        }
-        if let Some(x) = &self.rate {
-            s.rate = x.parse().map_err(v("rate"))?;
-        }
-        if let Some(x) = self.burst {
-            s.burst = x;
-        }
-        if let Some(x) = &self.ports {
-            units::check_ports(x).map_err(v("ports"))?;
-            s.ports = x.clone();
-        }
-        if let Some(x) = self.ipv4_prefix {
-            s.ipv4_prefix =
-                units::parse_prefix("IPv4", &x.to_string(), 32).map_err(v("ipv4-prefix"))?;
-        }
-        if let Some(x) = self.ipv6_prefix {
-            s.ipv6_prefix =
-                units::parse_prefix("IPv6", &x.to_string(), 128).map_err(v("ipv6-prefix"))?;
-        }
-        if let Some(x) = self.max_sources {
-            s.max_sources = x;
-        }
-        if let Some(x) = self.max_bans {
-            s.max_bans = x;
-        }
-        if let Some(x) = &self.xdp_mode {
-            s.xdp_mode = x.parse().map_err(v("xdp-mode"))?;
-        }
-        if let Some(x) = self.dry_run {
-            s.dry_run = x;
-        }
-        if let Some(x) = self.ban_threshold {
-            s.ban_threshold = x;
-        }
-        if let Some(x) = &self.ban_window {
-            s.ban_window = x.parse().map_err(v("ban-window"))?;
-        }
-        if let Some(x) = &self.ban_time {
-            s.ban_time = x.parse().map_err(v("ban-time"))?;
-        }
-        if let Some(x) = &self.ban_max {
-            s.ban_max = x.parse().map_err(v("ban-max"))?;
-        }
-        if let Some(x) = &self.ban_memory {
-            s.ban_memory = x.parse().map_err(v("ban-memory"))?;
-        }
-        if let Some(x) = &self.bounce_rate {
-            s.bounce_rate = parse_optional_rate(x).map_err(v("bounce-rate"))?;
-        }
-        if let Some(x) = self.bounce_burst {
-            s.bounce_burst = x;
-        }
-        if let Some(x) = &self.storm_rate {
-            s.storm_rate = parse_optional_rate(x).map_err(v("storm-rate"))?;
-        }
-        if let Some(x) = self.storm_factor {
-            s.storm_factor = x;
-        }
-        if let Some(x) = &self.storm_hold {
-            s.storm_hold = x.parse().map_err(v("storm-hold"))?;
-        }
-        if let Some(x) = &self.global_rate {
-            s.global_rate = parse_optional_rate(x).map_err(v("global-rate"))?;
-        }
-        if let Some(x) = self.global_burst {
-            s.global_burst = x;
-        }
-        if let Some(x) = &self.policy_listen {
-            s.policy_listen = parse_optional_listen(x).map_err(v("policy-listen"))?;
-        }
-        if let Some(x) = &self.policy_action {
-            s.policy_action = x.parse().map_err(v("policy-action"))?;
-        }
-        if let Some(x) = &self.metrics_listen {
-            s.metrics_listen = parse_optional_listen(x).map_err(v("metrics-listen"))?;
-        }
-        if let Some(x) = self.top_offenders {
-            s.top_offenders = x;
-        }
-        if let Some(x) = &self.state_dir {
-            s.state_dir = x.clone();
-        }
-        if let Some(x) = &self.save_interval {
-            s.save_interval = x.parse().map_err(v("save-interval"))?;
-        }
-        if let Some(x) = &self.log_format {
-            s.log_format = x.parse().map_err(v("log-format"))?;
+    /// Applies the pairs over `s`; the first bad one is the error.
+    pub fn apply(&self, s: &mut Settings) -> Result<(), ConfigError> {
+        for (i, (key, value)) in self.pairs.iter().enumerate() {
+            s.apply_key(key, value)
+                .map_err(|source| ConfigError::Value {
+                    origin: match self.lines.get(i) {
+                        Some(&l) if l > 0 => format!("{} line {l}", self.origin),
+                        _ => self.origin.clone(),
+                    },
+                    key: key.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
+}
+
+fn find_key_line(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -515,10 +460,33 @@ impl Settings {
         }
     }
 
-    /// Applies one `key=value` of `smtp-xdp set`. Only keys the kernel policy holds can change
-    /// live; the rest need a restart (or SIGHUP for the daemon's own settings).
-    pub fn set_key(&mut self, key: &str, value: &str) -> Result<(), ValueError> {
+    /// Applies one setting by name: the single place that knows every key, used for the config
+    /// file, the command line and `smtp-xdp set` (which accepts only [`LIVE_KEYS`]).
+    pub fn apply_key(&mut self, key: &str, value: &str) -> Result<(), ValueError> {
         match key {
+            "iface" => self.iface = Some(value.trim().to_string()).filter(|v| !v.is_empty()),
+            "max-sources" => {
+                self.max_sources = parse_count("max-sources", value)?.min(u32::MAX as u64) as u32
+            }
+            "max-bans" => {
+                self.max_bans = parse_count("max-bans", value)?.min(u32::MAX as u64) as u32
+            }
+            "xdp-mode" => self.xdp_mode = value.parse()?,
+            "storm-rate" => self.storm_rate = parse_optional_rate(value)?,
+            "storm-hold" => self.storm_hold = value.parse()?,
+            "policy-listen" => self.policy_listen = parse_optional_listen(value)?,
+            "policy-action" => self.policy_action = value.parse()?,
+            "metrics-listen" => self.metrics_listen = parse_optional_listen(value)?,
+            "top-offenders" => {
+                self.top_offenders = value.trim().parse().map_err(|_| ValueError::Other {
+                    what: "top-offenders",
+                    value: value.into(),
+                    hint: "use a whole number from 0 to 100",
+                })?
+            }
+            "state-dir" => self.state_dir = PathBuf::from(value.trim()),
+            "save-interval" => self.save_interval = value.parse()?,
+            "log-format" => self.log_format = value.parse()?,
             "rate" => self.rate = value.parse()?,
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
@@ -547,7 +515,7 @@ impl Settings {
                 return Err(ValueError::Other {
                     what: "key",
                     value: key.into(),
-                    hint: LIVE_KEYS_HINT,
+                    hint: "see smtp-xdp.example.toml for every key",
                 })
             }
         }
@@ -555,7 +523,26 @@ impl Settings {
     }
 }
 
-pub const LIVE_KEYS_HINT: &str = "keys that change live: rate, burst, ports, ipv4-prefix, ipv6-prefix, dry-run, ban-threshold, ban-window, ban (or ban-time), ban-max, ban-memory, bounce-rate, bounce-burst, storm-factor, global-rate, global-burst";
+/// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
+pub const LIVE_KEYS: &[&str] = &[
+    "rate",
+    "burst",
+    "ports",
+    "ipv4-prefix",
+    "ipv6-prefix",
+    "dry-run",
+    "ban-threshold",
+    "ban-window",
+    "ban",
+    "ban-time",
+    "ban-max",
+    "ban-memory",
+    "bounce-rate",
+    "bounce-burst",
+    "storm-factor",
+    "global-rate",
+    "global-burst",
+];
 
 fn parse_count(what: &'static str, value: &str) -> Result<u64, ValueError> {
     value
@@ -591,65 +578,67 @@ mod tests {
     }
 
     #[test]
-    fn example_config_parses() {
+    fn example_config_sets_the_defaults() {
         let text = include_str!("../../smtp-xdp.example.toml");
-        let f = FileSettings::parse(Path::new("example"), text).unwrap();
+        let f = Overrides::parse(Path::new("example"), text).unwrap();
         let mut s = Settings::default();
-        f.apply(Path::new("example"), &mut s).unwrap();
+        f.apply(&mut s).unwrap();
         s.validate().unwrap();
+        assert_eq!(s, Settings::default(), "the example documents the defaults");
     }
 
     #[test]
-    fn file_overrides_and_errors_name_the_key() {
+    fn file_overrides_and_errors_name_the_key_and_line() {
         let p = Path::new("t.toml");
-        let f =
-            FileSettings::parse(p, "rate = \"60/min\"\nports = [25]\ndry-run = true\n").unwrap();
+        let f = Overrides::parse(p, "rate = \"60/min\"\nports = [25]\ndry-run = true\n").unwrap();
         let mut s = Settings::default();
-        f.apply(p, &mut s).unwrap();
+        f.apply(&mut s).unwrap();
         assert_eq!(
             (s.rate, s.ports.clone(), s.dry_run),
             (Rate::per_minute(60), vec![25], true)
         );
 
-        let e = FileSettings::parse(p, "rat = \"60/min\"\n")
-            .unwrap_err()
-            .to_string();
+        let f = Overrides::parse(p, "# x\nrat = \"60/min\"\n").unwrap();
+        let e = f.apply(&mut s).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config file t.toml line 2: rat: invalid key \"rat\": see smtp-xdp.example.toml for every key"
+        );
+        let f = Overrides::parse(p, "ban-time = \"forever\"\n").unwrap();
+        let e = f.apply(&mut s).unwrap_err().to_string();
         assert!(
-            e.contains("unknown field `rat`") && e.contains("line 1"),
+            e.starts_with("config file t.toml line 1: ban-time: invalid duration"),
             "{e}"
         );
-        let f = FileSettings::parse(p, "ban-time = \"forever\"\n").unwrap();
-        let e = f.apply(p, &mut s).unwrap_err().to_string();
+        let e = Overrides::parse(p, "rate = \n").unwrap_err().to_string();
         assert!(
-            e.starts_with("config file t.toml: ban-time: invalid duration"),
+            e.starts_with("config file t.toml: ") && e.contains("line 1"),
             "{e}"
         );
     }
 
     #[test]
-    fn set_keys() {
+    fn keys() {
         let mut s = Settings::default();
-        s.set_key("rate", "60/min").unwrap();
-        s.set_key("ban", "10m").unwrap();
-        s.set_key("dry-run", "yes").unwrap();
-        s.set_key("global-rate", "off").unwrap();
+        s.apply_key("rate", "60/min").unwrap();
+        s.apply_key("ban", "10m").unwrap();
+        s.apply_key("dry-run", "yes").unwrap();
+        s.apply_key("global-rate", "off").unwrap();
         assert_eq!(s.ban_time, Duration::secs(600));
         assert!(s.dry_run);
-        let e = s.set_key("rat", "1/s").unwrap_err().to_string();
-        assert!(
-            e.starts_with("invalid key \"rat\": keys that change live: rate"),
-            "{e}"
-        );
-        assert!(s.set_key("burst", "0").is_err());
+        assert!(s.apply_key("burst", "0").is_err());
+        assert!(s.apply_key("policy-listen", "nonsense").is_err());
+        s.apply_key("policy-listen", "unix:/run/x.sock").unwrap();
+        assert_eq!(s.policy_listen, Some(Listen::Unix("/run/x.sock".into())));
     }
 
     proptest! {
         #[test]
         fn config_parser_never_panics(text in "\\PC{0,200}") {
             let p = Path::new("x");
-            if let Ok(f) = FileSettings::parse(p, &text) {
+            if let Ok(f) = Overrides::parse(p, &text) {
                 let mut s = Settings::default();
-                let _ = f.apply(p, &mut s);
+                let _ = f.apply(&mut s);
             }
         }
     }

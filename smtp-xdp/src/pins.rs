@@ -164,7 +164,10 @@ pub fn remove(dir: &Path) -> Result<(), PinError> {
                 let p = e.path();
                 fs::remove_file(&p).map_err(io_err(&p))?;
             }
-            fs::remove_dir(dir).map_err(io_err(dir))
+            fs::remove_dir(dir).map_err(io_err(dir))?;
+            // The shared root goes too once the last instance is gone (fails harmlessly if not).
+            let _ = fs::remove_dir(PIN_ROOT);
+            Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(PinError::Io {

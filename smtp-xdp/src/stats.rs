@@ -34,14 +34,21 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
 ];
 
 impl Snapshot {
-    pub fn read(maps: &Maps, now: u64) -> Result<Self, MapsError> {
+    /// Reads the counters; with `with_bans` also walks the penalty box (up to max-bans entries:
+    /// fine for the CLI, too slow for every scrape, where the daemon's sweep caches it).
+    pub fn read(maps: &Maps, now: u64, with_bans: bool) -> Result<Self, MapsError> {
         let policy = maps.policy()?;
         let mut user = [0u64; UserCounter::COUNT as usize];
         for (c, _) in USER_COUNTER_NAMES {
             user[c as usize] = maps.user_counter(c)?;
         }
         let (mut src, mut nets, mut stored) = (0, 0, 0);
-        for e in maps.ban_entries()? {
+        let entries = if with_bans {
+            maps.ban_entries()?
+        } else {
+            Vec::new()
+        };
+        for e in entries {
             let active = smtp_xdp_common::bans::is_active(&e.ban, now);
             match e.target {
                 BanTarget::Source(_) => {

@@ -1,0 +1,471 @@
+//! The Prometheus exporter: `/metrics` in the OpenMetrics text format, written by
+//! prometheus-client. Every counter comes from the pinned maps (summed over CPUs), so counters
+//! survive a controller restart that adopts the pinned state. A scrape reads a few small arrays;
+//! the per-source table is walked by a background census, never by a scrape.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use smtp_xdp_common::{Counter, UserCounter};
+
+use crate::{stats::Snapshot, units::Rate};
+
+/// Values the census and the sweeper compute in the background.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    pub tracked: u64,
+    /// `SourcesCreated` when `tracked` was counted.
+    pub created_at_census: u64,
+    /// Monotonic: evictions estimated as created minus tracked, never decreasing.
+    pub evicted: u64,
+    pub top: Vec<crate::stats::SourceRow>,
+    pub bans_active_sources: u64,
+    pub bans_active_nets: u64,
+    pub bans_stored: u64,
+    pub attached: bool,
+}
+
+/// Everything a scrape shows.
+pub struct View {
+    pub snapshot: Snapshot,
+    pub cache: Cache,
+    pub iface: String,
+    pub xdp_mode: String,
+    pub sources_capacity: u64,
+    pub bans_capacity: u64,
+    pub started_unix: u64,
+    pub uptime_secs: u64,
+}
+
+type ViewFn = dyn Fn() -> Option<View> + Send + Sync;
+
+/// The collector: reads a fresh [`View`] on each scrape.
+pub struct Exporter {
+    view: Arc<ViewFn>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
+
+/// A registry with the exporter under the `smtp_xdp` prefix.
+pub fn registry(view: Arc<ViewFn>) -> Registry {
+    let mut r = Registry::with_prefix("smtp_xdp");
+    r.register_collector(Box::new(Exporter { view }));
+    r
+}
+
+/// Renders the registry.
+pub fn render(r: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, r).is_err() {
+        out.clear();
+    }
+    out
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// (verdict, reason) labels of each per-packet counter.
+pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
+    Some(match c {
+        Counter::PassNotSmtp => ("pass", "not_smtp"),
+        Counter::PassUnparsed => ("pass", "unparsed"),
+        Counter::PassSmtpOther => ("pass", "established"),
+        Counter::SynAdmitted => ("pass", "admitted"),
+        Counter::SynAllowlisted => ("pass", "allowlisted"),
+        Counter::NoPolicy => ("pass", "no_policy"),
+        Counter::DropDeny => ("drop", "deny"),
+        Counter::DropBan => ("drop", "ban"),
+        Counter::DropRate => ("drop", "rate"),
+        Counter::DropGlobal => ("drop", "global"),
+        Counter::WouldDropDeny => ("would_drop", "deny"),
+        Counter::WouldDropBan => ("would_drop", "ban"),
+        Counter::WouldDropRate => ("would_drop", "rate"),
+        Counter::WouldDropGlobal => ("would_drop", "global"),
+        _ => return None,
+    })
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+fn counters<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn per_second(interval_ns: u64) -> f64 {
+    if interval_ns == 0 {
+        0.0
+    } else {
+        Rate::from_interval(interval_ns).per_second()
+    }
+}
+
+impl Collector for Exporter {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(v) = (self.view)() else {
+            return gauge(&mut enc, "up", "1 when the pinned maps could be read.", 0.0);
+        };
+        let s = &v.snapshot;
+        let c = &v.cache;
+        gauge(&mut enc, "up", "1 when the pinned maps could be read.", 1.0)?;
+        let mut m = enc.encode_descriptor(
+            "program",
+            "The protected interface, the XDP mode obtained and the version.",
+            None,
+            MetricType::Info,
+        )?;
+        m.encode_info(&[
+            ("interface", v.iface.clone()),
+            ("xdp_mode", v.xdp_mode.clone()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ])?;
+        gauge(
+            &mut enc,
+            "attached",
+            "1 while the XDP program is attached to the interface.",
+            c.attached as u8 as f64,
+        )?;
+        counters(
+            &mut enc,
+            "packets",
+            "Packets seen by the XDP program, by verdict and reason.",
+            Counter::ALL.iter().filter_map(|&k| {
+                packet_labels(k).map(|(verdict, reason)| {
+                    (
+                        vec![
+                            ("verdict", verdict.to_string()),
+                            ("reason", reason.to_string()),
+                        ],
+                        s.get(k),
+                    )
+                })
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "syn",
+            "New connections (SYN) to protected ports, by port and verdict.",
+            s.ports.iter().flat_map(|(port, p)| {
+                [
+                    ("admitted", p.syn_admitted),
+                    ("dropped", p.syn_dropped),
+                    ("would_drop", p.syn_would_drop),
+                ]
+                .map(|(verdict, n)| {
+                    (
+                        vec![("port", port.to_string()), ("verdict", verdict.to_string())],
+                        n,
+                    )
+                })
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "bounces",
+            "Null-sender (MAIL FROM:<>) commands counted, by origin: the kernel on plaintext port 25, Postfix through the policy service.",
+            [
+                (vec![("origin", "kernel".to_string())], s.get(Counter::BouncesKernel)),
+                (vec![("origin", "policy".to_string())], s.user(UserCounter::BouncesPolicy)),
+            ],
+        )?;
+        counters(
+            &mut enc,
+            "bans_issued",
+            "Bans issued, by reason and origin.",
+            [
+                (
+                    vec![
+                        ("reason", "rate".to_string()),
+                        ("origin", "kernel".to_string()),
+                    ],
+                    s.get(Counter::BansRate),
+                ),
+                (
+                    vec![
+                        ("reason", "bounces".to_string()),
+                        ("origin", "kernel".to_string()),
+                    ],
+                    s.get(Counter::BansBounces),
+                ),
+                (
+                    vec![
+                        ("reason", "bounces".to_string()),
+                        ("origin", "policy".to_string()),
+                    ],
+                    s.user(UserCounter::BansBouncesPolicy),
+                ),
+                (
+                    vec![
+                        ("reason", "manual".to_string()),
+                        ("origin", "cli".to_string()),
+                    ],
+                    s.user(UserCounter::BansManual),
+                ),
+            ],
+        )?;
+        gauges(
+            &mut enc,
+            "bans_active",
+            "Bans in force, per source (automatic) and per network (manual).",
+            [
+                (
+                    vec![("kind", "source".to_string())],
+                    c.bans_active_sources as f64,
+                ),
+                (
+                    vec![("kind", "network".to_string())],
+                    c.bans_active_nets as f64,
+                ),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "ban_entries",
+            "Per-source penalty-box entries, active or remembered for escalation.",
+            c.bans_stored as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "ban_capacity",
+            "Per-source penalty-box capacity (max-bans).",
+            v.bans_capacity as f64,
+        )?;
+        counter(
+            &mut enc,
+            "bans_expired",
+            "Ban entries swept after expiry.",
+            s.user(UserCounter::BansExpired),
+        )?;
+        gauge(
+            &mut enc,
+            "sources_tracked",
+            "Sources in the per-source table (at the last census).",
+            c.tracked as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "sources_capacity",
+            "Capacity of the per-source table (max-sources).",
+            v.sources_capacity as f64,
+        )?;
+        counter(
+            &mut enc,
+            "sources_created",
+            "Sources added to the per-source table.",
+            s.get(Counter::SourcesCreated),
+        )?;
+        counter(&mut enc, "sources_evicted", "Sources evicted from the full per-source table (least recently seen first), estimated at each census.", c.evicted)?;
+        counters(
+            &mut enc,
+            "map_insert_failures",
+            "Inserts a kernel map refused (the source was then admitted untracked, or the ban not stored).",
+            [
+                (vec![("map", "sources".to_string())], s.get(Counter::SourceInsertFailed)),
+                (vec![("map", "bans".to_string())], s.get(Counter::BanInsertFailed)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "events_lost",
+            "Kernel events lost because the ring buffer was full.",
+            s.get(Counter::EventsLost),
+        )?;
+        counter(
+            &mut enc,
+            "scan_skipped",
+            "Port-25 segments larger than the scan window, not inspected for bounces.",
+            s.get(Counter::ScanSkipped),
+        )?;
+        gauge(
+            &mut enc,
+            "storm_active",
+            "1 while a bounce storm is on (per-source bounce limits tightened).",
+            s.storm as u8 as f64,
+        )?;
+        counter(
+            &mut enc,
+            "storms",
+            "Bounce storms started.",
+            s.user(UserCounter::StormsStarted),
+        )?;
+        counter(
+            &mut enc,
+            "policy_requests",
+            "Postfix policy requests answered.",
+            s.user(UserCounter::PolicyRequests),
+        )?;
+        counter(&mut enc, "policy_errors", "Postfix policy connections or requests refused (malformed, oversized, timed out, too many).", s.user(UserCounter::PolicyErrors))?;
+        if let Some(p) = &s.policy {
+            gauge(
+                &mut enc,
+                "policy_syn_rate_per_second",
+                "Configured new-connection rate per source.",
+                per_second(p.syn.interval_ns),
+            )?;
+            gauge(
+                &mut enc,
+                "policy_syn_burst",
+                "Configured new-connection burst per source.",
+                p.syn.burst() as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "policy_bounce_rate_per_second",
+                "Configured bounce rate per source (0 = not limited).",
+                per_second(p.bounce.interval_ns),
+            )?;
+            gauge(
+                &mut enc,
+                "policy_bounce_burst",
+                "Configured bounce burst per source.",
+                p.bounce.burst() as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "policy_global_rate_per_second",
+                "Configured global new-connection rate per port (0 = off).",
+                per_second(p.global.interval_ns),
+            )?;
+            gauge(
+                &mut enc,
+                "policy_ban_threshold",
+                "Rate drops within the ban window that ban a source (0 = never).",
+                p.ban_threshold as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "policy_ban_seconds",
+                "First ban's length.",
+                p.ban_base_ns as f64 / 1e9,
+            )?;
+            gauge(
+                &mut enc,
+                "policy_ban_max_seconds",
+                "Longest ban.",
+                p.ban_max_ns as f64 / 1e9,
+            )?;
+            gauge(
+                &mut enc,
+                "dry_run",
+                "1 in monitor mode (nothing dropped, would-drops counted).",
+                p.dry_run() as u8 as f64,
+            )?;
+        }
+        gauges(
+            &mut enc,
+            "top_offender_drops",
+            "Dropped SYNs of the sources with the most drops recently (bounded by top-offenders).",
+            c.top
+                .iter()
+                .map(|r| (vec![("source", r.source.clone())], r.drops as f64)),
+        )?;
+        gauges(
+            &mut enc,
+            "top_offender_syns",
+            "SYNs of the same top offenders.",
+            c.top
+                .iter()
+                .map(|r| (vec![("source", r.source.clone())], r.syns as f64)),
+        )?;
+        gauge(
+            &mut enc,
+            "controller_start_time_seconds",
+            "Unix time the controller started.",
+            v.started_unix as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "controller_uptime_seconds",
+            "Seconds since the controller started.",
+            v.uptime_secs as f64,
+        )?;
+        Ok(())
+    }
+}
+
+/// Every metric family name the exporter can emit (for tests against dashboards and rules).
+pub const FAMILIES: &[&str] = &[
+    "smtp_xdp_up",
+    "smtp_xdp_program_info",
+    "smtp_xdp_attached",
+    "smtp_xdp_packets_total",
+    "smtp_xdp_syn_total",
+    "smtp_xdp_bounces_total",
+    "smtp_xdp_bans_issued_total",
+    "smtp_xdp_bans_active",
+    "smtp_xdp_ban_entries",
+    "smtp_xdp_ban_capacity",
+    "smtp_xdp_bans_expired_total",
+    "smtp_xdp_sources_tracked",
+    "smtp_xdp_sources_capacity",
+    "smtp_xdp_sources_created_total",
+    "smtp_xdp_sources_evicted_total",
+    "smtp_xdp_map_insert_failures_total",
+    "smtp_xdp_events_lost_total",
+    "smtp_xdp_scan_skipped_total",
+    "smtp_xdp_storm_active",
+    "smtp_xdp_storms_total",
+    "smtp_xdp_policy_requests_total",
+    "smtp_xdp_policy_errors_total",
+    "smtp_xdp_policy_syn_rate_per_second",
+    "smtp_xdp_policy_syn_burst",
+    "smtp_xdp_policy_bounce_rate_per_second",
+    "smtp_xdp_policy_bounce_burst",
+    "smtp_xdp_policy_global_rate_per_second",
+    "smtp_xdp_policy_ban_threshold",
+    "smtp_xdp_policy_ban_seconds",
+    "smtp_xdp_policy_ban_max_seconds",
+    "smtp_xdp_dry_run",
+    "smtp_xdp_top_offender_drops",
+    "smtp_xdp_top_offender_syns",
+    "smtp_xdp_controller_start_time_seconds",
+    "smtp_xdp_controller_uptime_seconds",
+];

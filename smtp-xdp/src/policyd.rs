@@ -1,0 +1,577 @@
+//! Postfix SMTP access policy delegation (`check_policy_service`): Postfix sends `name=value`
+//! lines ending with an empty line; we answer `action=...` and an empty line.
+//!
+//! A request with an empty `sender` is a bounce. Postfix sees it after TLS, where the kernel only
+//! sees ciphertext, so this path feeds the same per-source bounce counting and penalty box.
+//! Plaintext port-25 bounces are already counted by the kernel and are not counted twice.
+//!
+//! Robustness: lines, requests and attribute counts are bounded, connections are limited in
+//! number and time, and a malformed request closes its connection with a log line.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{
+        AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader,
+    },
+    sync::Semaphore,
+};
+
+use smtp_xdp_common::{
+    ban_reason, bans,
+    decide::{self, BanEnv, BounceVerdict},
+    event_kind, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
+};
+
+use crate::{
+    config::Listen,
+    maps::{addr_key, Maps, MapsError},
+};
+
+/// Protocol limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest attribute line (Postfix's own attributes are far shorter).
+    pub max_line: usize,
+    /// Most attributes in one request.
+    pub max_attrs: usize,
+    /// Most bytes in one request.
+    pub max_request: usize,
+    /// Concurrent connections (each Postfix smtpd process holds one).
+    pub max_connections: usize,
+    /// Idle time between requests before we close (Postfix reconnects on demand; its own
+    /// `smtpd_policy_service_max_idle` is 300s).
+    pub idle_timeout: Duration,
+    /// Time to finish a request once it started.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 4096,
+            max_attrs: 128,
+            max_request: 64 * 1024,
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(330),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One policy request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub attrs: HashMap<String, String>,
+    /// First request of a message on this connection (`instance` changed), so a message with many
+    /// recipients is counted once.
+    pub new_message: bool,
+}
+
+impl Request {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.attrs.get(name).map(String::as_str)
+    }
+
+    /// A bounce: the `sender` attribute is present and empty (the null reverse-path).
+    pub fn is_bounce(&self) -> bool {
+        self.get("sender") == Some("")
+    }
+
+    /// Whether the kernel could already see this message's `MAIL FROM`: plaintext SMTP on
+    /// port 25. Postfix sends `encryption_protocol` (empty without TLS) and `server_port`.
+    pub fn kernel_saw_it(&self) -> bool {
+        let plaintext = self.get("encryption_protocol").unwrap_or("").is_empty();
+        let port25 = self.get("server_port").is_none_or(|p| p == "25");
+        plaintext && port25
+    }
+
+    pub fn client(&self) -> Option<IpAddr> {
+        self.get("client_address")?.parse().ok()
+    }
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Dunno,
+    Defer,
+}
+
+pub const DEFER_TEXT: &str =
+    "450 4.7.1 Too many bounces (null-sender messages) from your address, try again later";
+
+impl Answer {
+    pub fn line(&self) -> String {
+        match self {
+            Answer::Dunno => "action=DUNNO\n\n".into(),
+            Answer::Defer => format!("action={DEFER_TEXT}\n\n"),
+        }
+    }
+}
+
+/// Decides requests.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: &Request) -> Answer;
+    /// A connection or request was refused (malformed, oversized, timed out).
+    fn error(&self);
+}
+
+/// Why a connection was closed on us.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("line longer than {0} bytes")]
+    LongLine(usize),
+    #[error("request with more than {0} attributes")]
+    TooManyAttrs(usize),
+    #[error("request larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("line without '=': {0:?}")]
+    NoEquals(String),
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("connection closed in the middle of a request")]
+    Truncated,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Reads one line (without its `\n`) of at most `max` bytes. `Ok(None)` at a clean end of stream.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ProtocolError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r
+            .fill_buf()
+            .await
+            .map_err(|e| ProtocolError::Io(e.to_string()))?;
+        if buf.is_empty() {
+            return if line.is_empty() {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > max + 1 {
+            return Err(ProtocolError::LongLine(max));
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// Reads one request. `Ok(None)` when the peer closed between requests.
+pub async fn read_request<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    limits: &Limits,
+) -> Result<Option<HashMap<String, String>>, ProtocolError> {
+    let mut attrs = HashMap::new();
+    let mut size = 0;
+    let first = tokio::time::timeout(limits.idle_timeout, read_line(r, limits.max_line))
+        .await
+        .map_err(|_| ProtocolError::Timeout)??;
+    let Some(mut line) = first else {
+        return Ok(None);
+    };
+    let deadline = tokio::time::Instant::now() + limits.request_timeout;
+    loop {
+        if line.is_empty() {
+            return Ok(Some(attrs));
+        }
+        size += line.len() + 1;
+        if size > limits.max_request {
+            return Err(ProtocolError::TooLarge(limits.max_request));
+        }
+        let text = String::from_utf8(line).map_err(|_| ProtocolError::NotUtf8)?;
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| ProtocolError::NoEquals(text.chars().take(60).collect()))?;
+        if attrs.len() >= limits.max_attrs && !attrs.contains_key(name) {
+            return Err(ProtocolError::TooManyAttrs(limits.max_attrs));
+        }
+        attrs.insert(name.to_string(), value.to_string());
+        line = tokio::time::timeout_at(deadline, read_line(r, limits.max_line))
+            .await
+            .map_err(|_| ProtocolError::Timeout)??
+            .ok_or(ProtocolError::Truncated)?;
+    }
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    handler: &dyn Handler,
+    limits: &Limits,
+    peer: &str,
+) {
+    let mut stream = BufReader::new(stream);
+    let mut instance: Option<String> = None;
+    loop {
+        let attrs = match read_request(&mut stream, limits).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(ProtocolError::Timeout) if instance.is_none() => {
+                tracing::debug!(peer, "policy connection idle, closed");
+                return;
+            }
+            Err(e) => {
+                handler.error();
+                tracing::warn!(peer, error = %e, "policy request refused, connection closed");
+                return;
+            }
+        };
+        let this = attrs.get("instance").cloned();
+        let new_message = this.is_none() || this != instance;
+        instance = this;
+        let req = Request { attrs, new_message };
+        let answer = if req.get("request") == Some("smtpd_access_policy") {
+            handler.handle(&req)
+        } else {
+            handler.error();
+            tracing::warn!(
+                peer,
+                request = req.get("request").unwrap_or(""),
+                "unknown policy request type, answered DUNNO"
+            );
+            Answer::Dunno
+        };
+        if let Err(e) = stream.get_mut().write_all(answer.line().as_bytes()).await {
+            tracing::debug!(peer, error = %e, "policy client went away");
+            return;
+        }
+    }
+}
+
+/// A bound policy listener.
+pub enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Binds the policy listener (so a taken address fails the start, not a background task).
+pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
+    match listen {
+        Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path)?;
+            // Postfix's smtpd runs as user postfix: the socket must be reachable by it, and by
+            // nobody else (its directory, e.g. /var/spool/postfix/private, restricts further).
+            std::os::unix::fs::chown(path, postfix_uid(), None).ok();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Bound::Unix(l))
+        }
+    }
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(bound: Bound, handler: Arc<dyn Handler>, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = match &bound {
+            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                spawn_connection(s, peer.to_string(), &handler, &slots, limits);
+            }),
+            Bound::Unix(l) => l.accept().await.map(|(s, _)| {
+                spawn_connection(s, "unix".into(), &handler, &slots, limits);
+            }),
+        };
+        if let Err(e) = accepted {
+            // Out of descriptors and the like: back off instead of spinning.
+            tracing::warn!(error = %e, "policy accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn postfix_uid() -> Option<u32> {
+    let name = c"postfix";
+    // SAFETY: getpwnam with a valid C string; the result is read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    (!pw.is_null()).then(|| unsafe { (*pw).pw_uid })
+}
+
+fn spawn_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    sock: S,
+    peer: String,
+    handler: &Arc<dyn Handler>,
+    slots: &Arc<Semaphore>,
+    limits: Limits,
+) {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        handler.error();
+        tracing::warn!(
+            peer,
+            max = limits.max_connections,
+            "too many policy connections, refused"
+        );
+        return;
+    };
+    let handler = handler.clone();
+    tokio::spawn(async move {
+        serve_connection(sock, handler.as_ref(), &limits, &peer).await;
+        drop(permit);
+    });
+}
+
+/// What recording a bounce reported by Postfix did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub over_limit: bool,
+    /// A ban issued now.
+    pub banned: Option<Ban>,
+    /// The source is serving a ban (issued now or before).
+    pub serving_ban: bool,
+}
+
+/// The penalty box seen from userspace, for [`decide::ban_source`].
+struct UserBans<'m> {
+    maps: &'m mut Maps,
+    key: SourceKey,
+    events: Vec<Event>,
+    now: u64,
+}
+
+impl BanEnv for UserBans<'_> {
+    fn ban_entry(&mut self) -> Option<Ban> {
+        self.maps.bans.get(&self.key, 0).ok()
+    }
+
+    fn store_ban(&mut self, ban: &Ban) -> bool {
+        self.maps.ban_source(&self.key, ban).is_ok()
+    }
+
+    fn event(&mut self, kind: u32, ban: Option<&Ban>, _now: u64) {
+        let mut ev = Event {
+            kind,
+            key: self.key,
+            at: self.now,
+            ..Event::default()
+        };
+        if let Some(b) = ban {
+            ev.reason = b.reason;
+            ev.level = b.level;
+            ev.value = b.until - b.since;
+        }
+        self.events.push(ev);
+    }
+
+    fn count(&mut self, counter: Counter) {
+        let c = match counter {
+            Counter::BansBounces => UserCounter::BansBouncesPolicy,
+            _ => return,
+        };
+        let _ = self.maps.add_user_counter(c, 1);
+    }
+}
+
+/// Whether `addr` is on the allowlist (never limited, never banned).
+pub fn allowlisted(maps: &Maps, addr: IpAddr) -> bool {
+    use aya::maps::lpm_trie::Key;
+    let live = maps
+        .select
+        .get(&smtp_xdp_common::select::ALLOW, 0)
+        .unwrap_or(0)
+        .min(1) as usize;
+    let copy = &maps.allow[live];
+    match addr {
+        IpAddr::V4(a) => copy.v4.get(&Key::new(32, a.octets()), 0).is_ok(),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => allowlisted(maps, IpAddr::V4(v4)),
+            None => copy.v6.get(&Key::new(128, a.octets()), 0).is_ok(),
+        },
+    }
+}
+
+/// Records one bounce reported by Postfix for `addr` with the shared decision logic: its count,
+/// its bounce bucket and, over the limit, a ban with reason "bounces". Also reports whether the
+/// source is serving a ban (for the answer). Events go to `events`.
+///
+/// Userspace cannot compare-and-swap map values, so a bounce counted by the kernel at the same
+/// instant for the same source may be lost (documented; the limit is then one bounce laxer).
+pub fn record_bounce(
+    maps: &mut Maps,
+    addr: IpAddr,
+    policy: &Policy,
+    storm: bool,
+    count: bool,
+    now: u64,
+    events: &mut Vec<Event>,
+) -> Result<Recorded, MapsError> {
+    let key = addr_key(addr, policy);
+    let mut over_limit = false;
+    if count {
+        let mut st = maps.source(&key)?.unwrap_or_else(SourceState::default);
+        over_limit =
+            decide::charge_bounces(&mut st, policy, storm, 1, now) == BounceVerdict::OverLimit;
+        maps.set_source(&key, &st)?;
+        maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
+    }
+    let mut env = UserBans {
+        maps,
+        key,
+        events: Vec::new(),
+        now,
+    };
+    let mut banned = None;
+    if over_limit {
+        env.event(event_kind::BOUNCE_LIMIT, None, now);
+        banned = decide::ban_source(&mut env, ban_reason::BOUNCES, policy, now);
+    }
+    let serving_ban = env.ban_entry().is_some_and(|b| bans::is_active(&b, now));
+    events.append(&mut env.events);
+    Ok(Recorded {
+        over_limit,
+        banned,
+        serving_ban,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    };
+
+    struct Recorder {
+        seen: Mutex<Vec<Request>>,
+        errors: AtomicU64,
+    }
+
+    impl Handler for Recorder {
+        fn handle(&self, req: &Request) -> Answer {
+            self.seen.lock().unwrap().push(req.clone());
+            if req.is_bounce() {
+                Answer::Defer
+            } else {
+                Answer::Dunno
+            }
+        }
+        fn error(&self) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn exchange(input: &[u8]) -> (String, Vec<Request>, u64) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let rec = Recorder {
+            seen: Mutex::new(Vec::new()),
+            errors: AtomicU64::new(0),
+        };
+        let limits = Limits {
+            max_line: 100,
+            max_attrs: 5,
+            max_request: 300,
+            idle_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (mut r, mut w) = tokio::io::split(client);
+        w.write_all(input).await.unwrap();
+        let serve = serve_connection(server, &rec, &limits, "test");
+        let reader = async {
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut r, &mut out)
+                .await
+                .unwrap();
+            out
+        };
+        let (_, out) = tokio::join!(
+            async {
+                serve.await;
+            },
+            async {
+                drop(w);
+                reader.await
+            }
+        );
+        let seen = rec.seen.lock().unwrap().clone();
+        (
+            String::from_utf8(out).unwrap(),
+            seen,
+            rec.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn answers_each_request_and_marks_new_messages() {
+        let req = |inst: &str, sender: &str| {
+            format!("request=smtpd_access_policy\nprotocol_state=RCPT\ninstance={inst}\nsender={sender}\nclient_address=198.18.0.9\n\n")
+        };
+        let input = req("a1", "") + &req("a1", "") + &req("b2", "x@y");
+        let (out, seen, errors) = exchange(input.as_bytes()).await;
+        assert_eq!(
+            out,
+            format!("action={DEFER_TEXT}\n\naction={DEFER_TEXT}\n\naction=DUNNO\n\n")
+        );
+        assert_eq!(
+            seen.iter().map(|r| r.new_message).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert!(seen[0].is_bounce() && !seen[2].is_bounce());
+        assert_eq!(seen[0].client(), Some("198.18.0.9".parse().unwrap()));
+        assert_eq!(errors, 0);
+    }
+
+    #[tokio::test]
+    async fn malformed_input_closes_with_an_error() {
+        for (input, what) in [
+            (
+                &b"request=smtpd_access_policy\nno-equals-sign\n\n"[..],
+                "no equals",
+            ),
+            (&[b'a'; 500][..], "long line"),
+            (b"a=1\nb=2\nc=3\nd=4\ne=5\nf=6\n\n", "too many attributes"),
+            (
+                b"request=smtpd_access_policy\nsender=\xff\xfe\n\n",
+                "not UTF-8",
+            ),
+            (b"request=smtpd_access_policy\nsender=", "truncated"),
+        ] {
+            let (out, seen, errors) = exchange(input).await;
+            assert_eq!((out.as_str(), seen.len(), errors), ("", 0, 1), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_request_type_gets_dunno() {
+        let (out, seen, errors) = exchange(b"request=junk\n\n").await;
+        assert_eq!(
+            (out.as_str(), seen.len(), errors),
+            ("action=DUNNO\n\n", 0, 1)
+        );
+    }
+
+    #[test]
+    fn kernel_visibility() {
+        let mk = |pairs: &[(&str, &str)]| Request {
+            attrs: pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            new_message: true,
+        };
+        assert!(mk(&[("encryption_protocol", ""), ("server_port", "25")]).kernel_saw_it());
+        assert!(mk(&[]).kernel_saw_it());
+        assert!(!mk(&[("encryption_protocol", "TLSv1.3"), ("server_port", "25")]).kernel_saw_it());
+        assert!(!mk(&[("encryption_protocol", ""), ("server_port", "587")]).kernel_saw_it());
+    }
+}
