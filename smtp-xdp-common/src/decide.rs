@@ -125,10 +125,8 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
             return SynVerdict::Dropped(DropReason::Rate);
         }
     }
-    if policy.global.enabled() {
-        if !env.global_admit(&policy.global, now) {
-            return SynVerdict::Dropped(DropReason::Global);
-        }
+    if policy.global.enabled() && !env.global_admit(&policy.global, now) {
+        return SynVerdict::Dropped(DropReason::Global);
     }
     SynVerdict::Admitted
 }

@@ -251,18 +251,20 @@ impl KernelEnv<'_> {
     /// The source's state, created on first sight when `create`.
     #[inline(always)]
     fn state(&self, create: bool) -> Option<*mut SourceState> {
-        if let Some(p) = SOURCES.get_ptr_mut(&self.key) {
+        if let Some(p) = SOURCES.get_ptr_mut(self.key) {
             return Some(p);
         }
         if !create {
             return None;
         }
-        match SOURCES.insert(&self.key, &SourceState::default(), BPF_NOEXIST as u64) {
-            Ok(()) => count(Counter::SourcesCreated),
-            // Another CPU created it first (EEXIST): use theirs.
-            Err(_) => {}
+        // An error here is mostly EEXIST: another CPU created the entry first, use theirs.
+        if SOURCES
+            .insert(self.key, SourceState::default(), BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            count(Counter::SourcesCreated);
         }
-        let p = SOURCES.get_ptr_mut(&self.key);
+        let p = SOURCES.get_ptr_mut(self.key);
         if p.is_none() {
             count(Counter::SourceInsertFailed);
         }
@@ -274,12 +276,12 @@ impl BanEnv for KernelEnv<'_> {
     #[inline(always)]
     fn ban_entry(&mut self) -> Option<Ban> {
         // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
-        unsafe { BANS.get(&self.key).copied() }
+        unsafe { BANS.get(self.key).copied() }
     }
 
     #[inline(always)]
     fn store_ban(&mut self, ban: &Ban) -> bool {
-        BANS.insert(&self.key, ban, 0).is_ok()
+        BANS.insert(self.key, ban, 0).is_ok()
     }
 
     #[inline(always)]

@@ -570,9 +570,11 @@ mod tests {
         assert_eq!(p.syn.interval_ns, 2 * NS_PER_SEC);
         assert_eq!(p.syn.burst(), 10);
         assert_eq!(p.ports[..3], [25, 465, 587]);
-        let mut back = Settings::default();
-        back.rate = Rate::per_hour(1);
-        back.bounce_rate = None;
+        let mut back = Settings {
+            rate: Rate::per_hour(1),
+            bounce_rate: None,
+            ..Settings::default()
+        };
         back.apply_policy(&p);
         assert_eq!(back, s);
     }

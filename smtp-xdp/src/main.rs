@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach to an interface and enforce (stays in the foreground).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the live counters.
     Stats {
         #[command(flatten)]
@@ -332,7 +332,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(args: RunArgs) -> anyhow::Result<i32> {
+fn run_daemon(args: Box<RunArgs>) -> anyhow::Result<i32> {
     let opts = RunOptions {
         config: args.config.clone(),
         cli: args.overrides(),

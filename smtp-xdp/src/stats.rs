@@ -141,6 +141,30 @@ pub struct Census {
     pub top: Vec<(SourceKey, SourceState)>,
 }
 
+/// A source competing for the top `k`, ordered by score (then key, for a stable order).
+struct Candidate {
+    score: (u64, u64),
+    key: SourceKey,
+    state: SourceState,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, o: &Self) -> bool {
+        (self.score, self.key) == (o.score, o.key)
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.score, o.key).cmp(&(o.score, self.key))
+    }
+}
+
 pub fn census(
     sources: &HashMap<MapData, SourceKey, SourceState>,
     now: u64,
@@ -153,48 +177,34 @@ pub fn census(
         Rank::Syns => (s.syns, s.drops),
         Rank::Bounces => (s.bounces, s.drops),
     };
-    let mut heap: BinaryHeap<Reverse<((u64, u64), SourceKey, [u64; 4], u32)>> = BinaryHeap::new();
+    // A min-heap of the best k so far: memory stays bounded by k.
+    let mut heap: BinaryHeap<Reverse<Candidate>> = BinaryHeap::new();
     let mut tracked = 0;
     // An entry can be evicted between the key walk and its lookup; such errors are skipped.
-    for (key, st) in sources.iter().flatten() {
+    for (key, state) in sources.iter().flatten() {
         tracked += 1;
-        if k == 0 || now.saturating_sub(st.last_seen) > recent_ns {
+        if k == 0 || now.saturating_sub(state.last_seen) > recent_ns {
             continue;
         }
-        let sc = score(&st);
+        let sc = score(&state);
         if sc == (0, 0) {
             continue;
         }
-        heap.push(Reverse((
-            sc,
+        heap.push(Reverse(Candidate {
+            score: sc,
             key,
-            [st.syns, st.drops, st.bounces, st.last_seen],
-            st.window_drops,
-        )));
+            state,
+        }));
         if heap.len() > k {
             heap.pop();
         }
     }
-    let mut top: Vec<_> = heap
-        .into_iter()
-        .map(
-            |Reverse((_, key, [syns, drops, bounces, last_seen], window_drops))| {
-                (
-                    key,
-                    SourceState {
-                        syns,
-                        drops,
-                        bounces,
-                        last_seen,
-                        window_drops,
-                        ..SourceState::default()
-                    },
-                )
-            },
-        )
-        .collect();
-    top.sort_by_key(|(key, s)| (Reverse(score(s)), *key));
-    Census { tracked, top }
+    let mut top: Vec<Candidate> = heap.into_iter().map(|Reverse(c)| c).collect();
+    top.sort_by(|a, b| b.cmp(a));
+    Census {
+        tracked,
+        top: top.into_iter().map(|c| (c.key, c.state)).collect(),
+    }
 }
 
 pub fn rows(census: &Census, policy: Option<&Policy>, now: u64) -> Vec<SourceRow> {

@@ -86,7 +86,7 @@ impl Rate {
             3600 * NS_PER_SEC,
             86_400 * NS_PER_SEC,
         ] {
-            if per % interval_ns == 0 {
+            if per.is_multiple_of(interval_ns) {
                 return Rate {
                     count: per / interval_ns,
                     per_ns: per,
@@ -204,7 +204,7 @@ impl fmt::Display for Duration {
         if ns == 0 {
             return write!(f, "0s");
         }
-        if ns % NS_PER_SEC != 0 {
+        if !ns.is_multiple_of(NS_PER_SEC) {
             return write!(f, "{}ms", ns / (NS_PER_SEC / 1000));
         }
         let mut secs = ns / NS_PER_SEC;

@@ -226,6 +226,124 @@ impl Lab {
     }
 }
 
+/// What a bounded SYN flood reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flood {
+    pub sent: u64,
+    /// Replies (SYN-ACK or RST) that came back: the SYNs that got through.
+    pub received: u64,
+}
+
+impl Lab {
+    /// Starts `smtp-xdp run` on the server veth inside the server's network namespace (sharing
+    /// the root's bpffs), and waits until it attached. Extra `args` come after the lab's own.
+    pub fn start_controller(&mut self, args: &[&str]) -> u32 {
+        let bin = crate::smtp_xdp_bin();
+        let state = self.dir.join("state");
+        let mut all = vec![
+            bin.to_str().unwrap(),
+            "run",
+            "--iface",
+            &self.server_if,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        if !args.iter().any(|a| *a == "--metrics-listen") {
+            all.extend(["--metrics-listen", "off"]);
+        }
+        all.extend_from_slice(args);
+        let cmd = Self::in_net(&self.server_ns, &all);
+        let n = self.children.len();
+        let log = format!("controller-{n}.log");
+        let pid = self.spawn(cmd, &log);
+        let pins = std::path::Path::new(smtp_xdp::pins::PIN_ROOT).join(&self.server_if);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log(&log).contains("smtp-xdp attached") && pins.join("link").exists() {
+                return pid;
+            }
+            if let Some(code) = self.wait_exit(pid, Duration::from_millis(100)) {
+                panic!("controller exited with {code}:\n{}", self.log(&log));
+            }
+        }
+        panic!("controller did not attach in 20s:\n{}", self.log(&log));
+    }
+
+    /// The log of the `n`-th process started with [`Lab::start_controller`] or [`Lab::spawn`].
+    pub fn controller_log(&self) -> String {
+        let mut all = String::new();
+        for i in 0..self.children.len() {
+            all.push_str(&self.log(&format!("controller-{i}.log")));
+        }
+        all
+    }
+
+    /// A bounded SYN flood with hping3 from `src` (an address of the client namespace) to the
+    /// server's `port`: `count` SYNs, one every `interval_us`, stopped after 60 s at the latest.
+    pub fn flood(&self, src: &str, port: u16, count: u32, interval_us: u32) -> Flood {
+        let server = self.server_addr();
+        let out = Self::in_ns(
+            &self.client_ns,
+            &[
+                "timeout",
+                "60",
+                "hping3",
+                "-q",
+                "-S",
+                "-p",
+                &port.to_string(),
+                "-c",
+                &count.to_string(),
+                "-i",
+                &format!("u{interval_us}"),
+                "-a",
+                src,
+                &server,
+            ],
+        )
+        .output()
+        .expect("hping3");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no hping3 statistics in:\n{text}"));
+        let nums: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Flood {
+            sent: nums[0],
+            received: nums[1],
+        }
+    }
+
+    /// Delivers one message with swaks from `src`; returns whether the server accepted it.
+    pub fn send_mail(&self, src: &str, extra: &[&str]) -> bool {
+        let server = self.server_addr();
+        let mut args = vec![
+            "timeout",
+            "30",
+            "swaks",
+            "--server",
+            &server,
+            "--local-interface",
+            src,
+            "--to",
+            "user@example.test",
+            "--silent",
+            "2",
+            "--timeout",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        Self::in_ns(&self.client_ns, &args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
 impl Default for Lab {
     fn default() -> Self {
         Self::new()

@@ -159,3 +159,46 @@ pub fn delta(
         })
         .collect()
 }
+
+pub mod postfix;
+
+/// The `smtp-xdp` binary next to the test binary (`cargo xtask test` builds it first).
+pub fn smtp_xdp_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/smtp-xdp
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("smtp-xdp"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --release -p smtp-xdp` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `smtp-xdp ARGS` to completion (from the root namespace, where the pins are).
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(smtp_xdp_bin())
+        .args(args)
+        .output()
+        .expect("run smtp-xdp")
+}
+
+/// `smtp-xdp stats --json` of an instance, as JSON.
+pub fn stats_json(iface: &str) -> serde_json::Value {
+    let out = cli(&["stats", "--iface", iface, "--json"]);
+    assert!(
+        out.status.success(),
+        "smtp-xdp stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats JSON")
+}
+
+/// One counter of `stats --json`.
+pub fn stat(iface: &str, name: &str) -> u64 {
+    stats_json(iface)["counters"][name].as_u64().unwrap_or(0)
+}

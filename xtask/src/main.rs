@@ -1,1 +1,423 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test and benchmark smtp-xdp.
+//!
+//! Every command first makes sure what it needs is installed (idempotently: a few seconds when
+//! everything is there): nightly's `rust-src`, a `bpf-linker` built against the nightly's own
+//! LLVM, bpffs, and for tests and benchmarks the Debian packages that provide the real peers.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Debian packages the tests and benchmarks use: the real peers (Postfix, swaks, hping3, ...) and
+/// the tools that inspect them.
+const TEST_PACKAGES: &[&str] = &[
+    "postfix",
+    "swaks",
+    "hping3",
+    "netsniff-ng",
+    "nftables",
+    "iptables",
+    "bpftool",
+    "tcpdump",
+    "xdp-tools",
+    "prometheus",
+    "iproute2",
+    "openssl",
+    "curl",
+    "procps",
+    "util-linux",
+    "libcap2-bin",
+];
+
+/// Packages `run` needs at run time (nsenter, ip) on a minimal system.
+const RUN_PACKAGES: &[&str] = &["iproute2", "bpftool"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  run [-- ARGS]     build smtp-xdp (release) and run it as root with ARGS,
+                    e.g. cargo xtask run -- run --iface eth1 --dry-run
+  test              everything CI runs: fmt, clippy, unit, kernel and end-to-end tests,
+                    and a quick benchmark pass
+  bench [--quick]   benchmarks; writes docs/benchmarks.md, .json and the plots
+  setup             only install what the other commands need
+
+Needs root (it loads BPF programs and creates network namespaces):
+  sudo -E env PATH=\"$PATH\" cargo xtask test";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
+        Some("setup") => setup(true).map(|_| ()),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("xtask: {}", msg.as_ref());
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command with inherited output; fails with its exit status.
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask {what}` needs root: it loads BPF programs, attaches XDP and creates \
+             network namespaces. Run: sudo -E env PATH=\"$PATH\" cargo xtask {what}"
+        );
+    }
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
+}
+
+fn home() -> PathBuf {
+    env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// PATH with cargo's bin directory first, so the bpf-linker we install is the one found.
+fn path_with_cargo_bin() -> OsString {
+    let bin = cargo_home().join("bin");
+    let mut parts = vec![bin];
+    if let Some(p) = env::var_os("PATH") {
+        parts.extend(env::split_paths(&p));
+    }
+    env::join_paths(parts).unwrap_or_default()
+}
+
+/// Everything the commands need. `packages`: also the Debian packages of the tests.
+fn setup(packages: bool) -> Result<()> {
+    let start = Instant::now();
+    env::set_var("PATH", path_with_cargo_bin());
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_debs(if packages {
+        TEST_PACKAGES
+    } else {
+        RUN_PACKAGES
+    })?;
+    if is_root() {
+        ensure_bpffs()?;
+        check_bpf()?;
+    }
+    say(format!(
+        "set-up complete in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly toolchain is missing (the eBPF program needs it): install it with \
+         `rustup toolchain install nightly --profile minimal`",
+    )?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    if core.exists() {
+        return Ok(());
+    }
+    say("adding rust-src to the nightly toolchain (the eBPF build compiles core itself)...");
+    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly's libLLVM file and its major version, from `rustc -vV` and the sysroot.
+fn nightly_llvm() -> Result<(PathBuf, String)> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let version = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV names no LLVM version")?;
+    let major = version.split('.').next().unwrap_or_default().to_string();
+    let lib = nightly_sysroot()?.join("lib");
+    let mut candidates: Vec<PathBuf> = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        })
+        .collect();
+    // Prefer the versioned soname (libLLVM.so.22.1-rust-...), the file bpf-linker links against.
+    candidates.sort_by_key(|p| !p.to_string_lossy().contains("libLLVM.so."));
+    let file = candidates
+        .into_iter()
+        .next()
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    Ok((file, major))
+}
+
+/// bpf-linker must be built against the nightly's own LLVM (Debian has no LLVM of that version).
+/// A stamp next to the symlink prefix records which LLVM the installed binary was built for.
+fn ensure_bpf_linker() -> Result<()> {
+    let (llvm, major) = nightly_llvm()?;
+    let name = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("libLLVM file name")?
+        .to_string();
+    // Kept for good: the binary's rpath points into it.
+    let prefix = cargo_home().join("smtp-xdp-llvm").join(&name);
+    let stamp = prefix.join("bpf-linker.stamp");
+    let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm {name}");
+    let works = output(Command::new("bpf-linker").arg("--version")).is_ok();
+    if works && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        return Ok(());
+    }
+    say(format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({name}); this takes about 2 minutes..."
+    ));
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)?;
+    for link in ["libLLVM.so".to_string(), name.clone()] {
+        let p = lib.join(link);
+        let _ = fs::remove_file(&p);
+        std::os::unix::fs::symlink(&llvm, &p)
+            .with_context(|| format!("linking {}", p.display()))?;
+    }
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker")?;
+    output(Command::new("bpf-linker").arg("--version"))
+        .context("the new bpf-linker does not run")?;
+    fs::write(&stamp, want + "\n")?;
+    say("bpf-linker ready");
+    Ok(())
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg]))
+        .is_ok_and(|s| s.trim() == "installed")
+}
+
+fn ensure_debs(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !deb_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: install them with sudo apt-get install {} (or run xtask as root)",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    say(format!(
+        "installing Debian packages: {} (a minute or two)...",
+        missing.join(" ")
+    ));
+    // No prompts; Postfix's own instance is not used (tests run private instances).
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("NEEDRESTART_MODE", "a");
+        c
+    };
+    status(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    status(&mut install)?;
+    Ok(())
+}
+
+fn ensure_bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    say("mounting bpffs on /sys/fs/bpf");
+    status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+fn check_bpf() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux): smtp-xdp needs a kernel with CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF and XDP (5.15 or newer)");
+    }
+    // Listing maps needs a working bpf() syscall and the privilege to use it.
+    if let Err(e) = output(Command::new("bpftool").args(["map", "list"])) {
+        bail!("the bpf() syscall is not usable here ({e:#}): smtp-xdp needs root (or CAP_BPF and CAP_NET_ADMIN) on a kernel with BPF enabled");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args = match args.first().map(String::as_str) {
+        Some("--") => &args[1..],
+        _ => args,
+    };
+    setup(false)?;
+    say("building smtp-xdp (release)...");
+    status(cargo().args(["build", "--release", "-p", "smtp-xdp"]))?;
+    let bin = root().join("target/release/smtp-xdp");
+    let needs_root = args
+        .first()
+        .is_some_and(|a| a != "check-config" && a != "help" && !a.starts_with('-'));
+    if needs_root {
+        require_root("run")?;
+    }
+    // Replace this process: signals (Ctrl-C, SIGTERM) reach smtp-xdp directly.
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(&bin).args(args).exec();
+    Err(anyhow::Error::from(err).context(format!("cannot run {}", bin.display())))
+}
+
+fn test() -> Result<()> {
+    require_root("test")?;
+    let start = Instant::now();
+    setup(true)?;
+    let step = |what: &str| say(format!("[{:>4}s] {what}", start.elapsed().as_secs()));
+    step("cargo fmt --check");
+    status(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy (host crates)");
+    status(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo clippy (eBPF crate, bpfel-unknown-none)");
+    status(
+        cargo()
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "smtp-xdp-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                "target/ebpf-clippy",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    step("cargo test (unit, kernel, CLI and end-to-end tests)");
+    status(
+        cargo()
+            .args(["test", "--release", "--", "--nocapture"])
+            .env("CI", env::var("CI").unwrap_or_default()),
+    )?;
+    step("benchmarks, quick pass");
+    bench(&["--quick".to_string()])?;
+    step("all tests passed");
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    require_root("bench")?;
+    setup(true)?;
+    say("building the benchmark runner (release)...");
+    status(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "smtp-xdp-tests",
+        "--bin",
+        "smtp-xdp-bench",
+        "-p",
+        "smtp-xdp",
+    ]))?;
+    let bin = root().join("target/release/smtp-xdp-bench");
+    let mut c = Command::new(bin);
+    c.args(args).current_dir(root());
+    status(&mut c)
+}

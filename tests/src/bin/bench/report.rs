@@ -1,0 +1,147 @@
+//! The benchmark report: Markdown for people, JSON for machines.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use serde_json::{json, Value};
+
+/// One measurement: median and spread over runs.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Row {
+    /// From sorted samples.
+    pub fn from_samples(sorted: &[f64]) -> Self {
+        Row {
+            median: sorted[sorted.len() / 2],
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+        }
+    }
+}
+
+pub struct Report {
+    quick: bool,
+    md: String,
+    json: serde_json::Map<String, Value>,
+}
+
+fn cmd(c: &str, args: &[&str]) -> String {
+    Command::new(c)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Report {
+    pub fn new(quick: bool) -> Self {
+        let kernel = cmd("uname", &["-r"]);
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default();
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let rustc = cmd("rustc", &["--version"]);
+        let nightly = cmd("rustc", &["+nightly", "--version"]);
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
+        let mut md = String::new();
+        let _ = writeln!(md, "# smtp-xdp benchmarks\n");
+        let _ = writeln!(md, "Reproduce with `sudo cargo xtask bench` (this file and `benchmarks.json` are written by it).\n");
+        let _ = writeln!(
+            md,
+            "- Machine: {cpu}, {cpus} CPUs, {}",
+            mem.replace("MemTotal:", "memory")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let _ = writeln!(
+            md,
+            "- Kernel: {kernel}, BPF JIT {}",
+            if jit.trim() == "0" { "off" } else { "on" }
+        );
+        let _ = writeln!(
+            md,
+            "- Toolchains: {rustc} (controller), {nightly} (XDP program); smtp-xdp {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(md, "- Medians with min–max over repeated runs; numbers on a shared VM move by tens of percent between runs.\n");
+        let mut json = serde_json::Map::new();
+        json.insert(
+            "machine".into(),
+            json!({"cpu": cpu, "cpus": cpus, "kernel": kernel, "rustc": rustc, "nightly": nightly}),
+        );
+        Report { quick, md, json }
+    }
+
+    pub fn per_packet(
+        &mut self,
+        rows: Vec<(String, Row)>,
+        baseline: f64,
+        repeat: u32,
+        runs: usize,
+    ) {
+        let md = &mut self.md;
+        let _ = writeln!(md, "## 1. Per-packet cost\n");
+        let _ = writeln!(
+            md,
+            "`BPF_PROG_TEST_RUN` with `repeat` = {repeat}, median of {runs} runs, JIT on. The same frame is run through smtp-xdp's program and through a program that only returns XDP_PASS.\n"
+        );
+        let _ = writeln!(md, "| path | ns/packet (median) | min–max | × XDP_PASS |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        let mut arr = Vec::new();
+        for (name, r) in &rows {
+            let ratio = if baseline > 0.0 {
+                r.median / baseline
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {:.0}–{:.0} | {ratio:.1} |",
+                r.median, r.min, r.max
+            );
+            arr.push(json!({"path": name, "ns_median": r.median, "ns_min": r.min, "ns_max": r.max, "ratio_to_pass": ratio}));
+        }
+        let _ = writeln!(md);
+        self.json.insert(
+            "per_packet".into(),
+            json!({"repeat": repeat, "runs": runs, "rows": arr}),
+        );
+    }
+
+    #[expect(dead_code, reason = "used by the benchmarks of the next sections")]
+    pub fn section(&mut self, key: &str, markdown: &str, data: Value) {
+        self.md.push_str(markdown);
+        self.json.insert(key.into(), data);
+    }
+
+    pub fn markdown(&self) -> &str {
+        &self.md
+    }
+
+    pub fn write(&self, dir: &str) -> std::io::Result<()> {
+        assert!(!self.quick, "a quick pass is not a report");
+        let d = Path::new(dir);
+        std::fs::create_dir_all(d)?;
+        std::fs::write(d.join("benchmarks.md"), &self.md)?;
+        std::fs::write(
+            d.join("benchmarks.json"),
+            serde_json::to_string_pretty(&Value::Object(self.json.clone()))? + "\n",
+        )
+    }
+}

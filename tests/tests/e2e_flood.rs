@@ -1,0 +1,76 @@
+//! End to end: a real Postfix in a namespace, smtp-xdp attached to its veth, a legitimate client
+//! delivering with swaks while another source floods SYNs with hping3.
+
+use std::time::Duration;
+
+use smtp_xdp_tests::{
+    lab::{signal, Lab},
+    postfix::Postfix,
+    require_bpf, stat,
+};
+
+#[test]
+fn flood_is_dropped_and_legitimate_mail_flows() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let pf = Postfix::start(&lab, &[]);
+    let legit = lab.client_addr(0);
+    let flooder = lab.client_addr(1);
+    lab.add_client_addr(&flooder);
+    let pid = lab.start_controller(&["--rate", "6/min", "--burst", "5", "--ban-threshold", "0"]);
+    let iface = lab.server_if.clone();
+
+    assert!(
+        lab.send_mail(&legit, &[]),
+        "legitimate mail before the flood"
+    );
+
+    // 3000 SYNs at about 5000/s from one source, while the legitimate client delivers.
+    let flood = std::thread::scope(|s| {
+        let f = s.spawn(|| lab.flood(&flooder, 25, 3000, 200));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            lab.send_mail(&legit, &[]),
+            "legitimate mail during the flood"
+        );
+        f.join().expect("flood thread")
+    });
+    assert_eq!(flood.sent, 3000);
+    // The flooder gets its burst (5) plus at most one refill per 10 s through.
+    let admitted_flood = flood.received;
+    assert!(admitted_flood <= 7, "flooder got {admitted_flood} replies");
+    let dropped = stat(&iface, "drop_rate");
+    assert!(
+        dropped >= 3000 - 7,
+        "client sent {} SYNs, {} came back; server dropped {dropped}",
+        flood.sent,
+        flood.received
+    );
+    assert_eq!(
+        dropped + admitted_flood,
+        3000,
+        "every flood SYN is either answered or dropped"
+    );
+    assert_eq!(
+        pf.wait_accepted(&legit, 2, Duration::from_secs(10)),
+        2,
+        "Postfix log:\n{}",
+        pf.maillog()
+    );
+    assert_eq!(pf.accepted_from(&flooder), 0);
+
+    // A clean stop detaches and removes the pins.
+    signal(pid, libc::SIGTERM);
+    assert_eq!(
+        lab.wait_exit(pid, Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        lab.controller_log()
+    );
+    let link = lab.exec_server(&["ip", "link", "show", &iface]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "still attached"
+    );
+    assert!(!smtp_xdp::pins::dir(&iface).exists(), "pins left behind");
+}
