@@ -132,8 +132,11 @@ pub enum ProtocolError {
     NotUtf8,
     #[error("connection closed in the middle of a request")]
     Truncated,
-    #[error("timed out")]
+    #[error("timed out in the middle of a request")]
     Timeout,
+    /// No request started within the idle timeout: a normal, quiet close.
+    #[error("idle")]
+    Idle,
     #[error("{0}")]
     Io(String),
 }
@@ -184,7 +187,7 @@ pub async fn read_request<R: AsyncBufRead + Unpin>(
     let mut size = 0;
     let first = tokio::time::timeout(limits.idle_timeout, read_line(r, limits.max_line))
         .await
-        .map_err(|_| ProtocolError::Timeout)??;
+        .map_err(|_| ProtocolError::Idle)??;
     let Some(mut line) = first else {
         return Ok(None);
     };
@@ -225,7 +228,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let attrs = match read_request(&mut stream, limits).await {
             Ok(Some(a)) => a,
             Ok(None) => return,
-            Err(ProtocolError::Timeout) if instance.is_none() => {
+            Err(ProtocolError::Idle) => {
                 tracing::debug!(peer, "policy connection idle, closed");
                 return;
             }
@@ -484,25 +487,20 @@ mod tests {
             request_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let (mut r, mut w) = tokio::io::split(client);
-        w.write_all(input).await.unwrap();
+
+        let mut client = client;
+        client.write_all(input).await.unwrap();
+        // End of our input: the server sees EOF after it.
+        client.shutdown().await.unwrap();
         let serve = serve_connection(server, &rec, &limits, "test");
         let reader = async {
             let mut out = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut r, &mut out)
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
                 .await
                 .unwrap();
             out
         };
-        let (_, out) = tokio::join!(
-            async {
-                serve.await;
-            },
-            async {
-                drop(w);
-                reader.await
-            }
-        );
+        let ((), out) = tokio::join!(serve, reader);
         let seen = rec.seen.lock().unwrap().clone();
         (
             String::from_utf8(out).unwrap(),

@@ -248,7 +248,7 @@ impl Lab {
             "--state-dir",
             state.to_str().unwrap(),
         ];
-        if !args.iter().any(|a| *a == "--metrics-listen") {
+        if !args.contains(&"--metrics-listen") {
             all.extend(["--metrics-listen", "off"]);
         }
         all.extend_from_slice(args);
