@@ -19,18 +19,18 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/smtp-xdp";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{origin}: {key}: {source}")]
+    #[error("{origin}: {key}: {error}")]
     Value {
         origin: String,
         key: String,
-        source: ValueError,
+        error: ValueError,
     },
     #[error("{0}")]
     Invalid(String),
@@ -256,7 +256,7 @@ impl Overrides {
         use std::io::Read as _;
         let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let mut text = String::new();
         std::fs::File::open(path)
@@ -323,7 +323,7 @@ impl Overrides {
                         _ => self.origin.clone(),
                     },
                     key: key.clone(),
-                    source,
+                    error: source,
                 })?;
         }
         Ok(())

@@ -20,20 +20,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum MapsError {
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: MapError },
     #[error("map {0} is missing from the program")]
     Missing(&'static str),
-    #[error("cannot open pinned map {path}: {source}")]
-    Pin {
-        path: String,
-        #[source]
-        source: MapError,
-    },
+    #[error("cannot open pinned map {path}: {error}")]
+    Pin { path: String, error: MapError },
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
     #[error("{list} list is full ({entries} entries)")]
@@ -43,7 +35,10 @@ pub enum MapsError {
 type Result<T> = std::result::Result<T, MapsError>;
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
-    move |source| MapsError::Map { name, source }
+    move |source| MapsError::Map {
+        name,
+        error: source,
+    }
 }
 
 /// Which list.
@@ -110,7 +105,7 @@ impl Source for &Path {
         let path = self.join(name);
         let data = MapData::from_pin(&path).map_err(|source| MapsError::Pin {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Map::from_map_data(data).map_err(map_err(name))
     }
@@ -554,7 +549,7 @@ fn list_full(list: List, e: MapError) -> MapsError {
         }
         _ => MapsError::Map {
             name: "list",
-            source: e,
+            error: e,
         },
     }
 }

@@ -34,18 +34,14 @@ pub enum PinError {
     },
     #[error("another smtp-xdp controller (pid {pid}) already runs on {iface}; stop it first or use its pins")]
     Locked { iface: String, pid: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
     move |source| PinError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 
@@ -172,7 +168,7 @@ pub fn remove(dir: &Path) -> Result<(), PinError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(PinError::Io {
             path: dir.to_path_buf(),
-            source: e,
+            error: e,
         }),
     }
 }

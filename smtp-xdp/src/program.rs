@@ -22,24 +22,30 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("cannot create the program's maps: {0}")]
-    Object(#[source] EbpfError),
-    #[error("the kernel refused program {name}: {source}")]
+    Object(EbpfError),
+    #[error("the kernel refused program {name}: {error}")]
     Program {
         name: &'static str,
-        #[source]
-        source: ProgramError,
+        error: ProgramError,
     },
     #[error("program {0} is missing from the object")]
     Missing(&'static str),
     #[error("XDP link: {0}")]
-    Link(#[from] aya::programs::links::LinkError),
-    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
+    Link(aya::programs::links::LinkError),
+    #[error("cannot attach XDP to {iface} in {mode} mode: {error}")]
     Attach {
         iface: String,
         mode: &'static str,
-        #[source]
-        source: ProgramError,
+        error: ProgramError,
     },
+}
+
+// Not `#[from]`: that would also make the link error the `source`, and `{:#}` would print the
+// cause twice (the message already includes it).
+impl From<aya::programs::links::LinkError> for LoadError {
+    fn from(e: aya::programs::links::LinkError) -> Self {
+        LoadError::Link(e)
+    }
 }
 
 /// How to load.
@@ -78,7 +84,10 @@ pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, L
     for &name in programs {
         xdp(&mut ebpf, name)?
             .load()
-            .map_err(|source| LoadError::Program { name, source })?;
+            .map_err(|source| LoadError::Program {
+                name,
+                error: source,
+            })?;
     }
     Ok(ebpf)
 }
@@ -88,7 +97,10 @@ pub fn xdp<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, Lo
     ebpf.program_mut(name)
         .ok_or(LoadError::Missing(name))?
         .try_into()
-        .map_err(|source| LoadError::Program { name, source })
+        .map_err(|source| LoadError::Program {
+            name,
+            error: source,
+        })
 }
 
 /// The XDP mode an attachment got.
@@ -144,7 +156,7 @@ pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(FdLink, Att
                 let link = prog.take_link(id).map_err(|source| LoadError::Attach {
                     iface: iface.into(),
                     mode: got.name(),
-                    source,
+                    error: source,
                 })?;
                 let fd = FdLink::try_from(link)?;
                 return Ok((fd, got));
@@ -154,13 +166,13 @@ pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(FdLink, Att
                     return Err(LoadError::Attach {
                         iface: iface.into(),
                         mode: got.name(),
-                        source,
+                        error: source,
                     });
                 }
                 last = Some(LoadError::Attach {
                     iface: iface.into(),
                     mode: got.name(),
-                    source,
+                    error: source,
                 });
             }
         }
@@ -174,7 +186,7 @@ pub fn replace(prog: &mut Xdp, link: FdLink) -> Result<FdLink, LoadError> {
     let err = |source: ProgramError| LoadError::Attach {
         iface: "(pinned link)".into(),
         mode: "replace",
-        source,
+        error: source,
     };
     let xdp_link = aya::programs::xdp::XdpLink::try_from(link)?;
     let id = prog.attach_to_link(xdp_link).map_err(err)?;

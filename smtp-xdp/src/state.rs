@@ -28,11 +28,10 @@ const MAX_BYTES: u64 = 512 << 20;
 
 #[derive(Debug, Error)]
 pub enum StateError {
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("state file {path} is damaged ({reason}); it was left as is. Move it away to start without saved bans and lists, or restore a backup")]
     Damaged { path: PathBuf, reason: String },
@@ -181,7 +180,7 @@ impl StateFile {
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(io)?;
@@ -216,7 +215,7 @@ impl StateFile {
             Err(source) => {
                 return Err(StateError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    error: source,
                 })
             }
         };
@@ -225,7 +224,7 @@ impl StateFile {
             .read_to_end(&mut text)
             .map_err(|source| StateError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             })?;
         if text.len() as u64 > MAX_BYTES {
             return Err(StateError::Damaged {

@@ -319,6 +319,17 @@ impl Lab {
         }
     }
 
+    /// Runs `smtp-xdp ARGS` in the server's network namespace (where an operator would run it:
+    /// the protected interface is visible there), sharing the root's pins.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let bin = crate::smtp_xdp_bin();
+        let mut all = vec![bin.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Self::in_net(&self.server_ns, &all)
+            .output()
+            .expect("run smtp-xdp")
+    }
+
     /// Delivers one message with swaks from `src`; returns whether the server accepted it.
     pub fn send_mail(&self, src: &str, extra: &[&str]) -> bool {
         let server = self.server_addr();
