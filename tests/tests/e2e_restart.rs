@@ -1,0 +1,262 @@
+//! Restarts, crashes and reboots: enforcement survives `kill -9`, a new controller adopts the
+//! pinned state, `--keep-attached` leaves no gap, bans and lists come back after a reboot, SIGHUP
+//! reloads (or refuses) the config, a foreign map layout is refused, a removed interface is
+//! noticed.
+
+use std::time::Duration;
+
+use smtp_xdp_tests::{
+    lab::{signal, wait_for, Lab},
+    require_bpf, stat, stats_json,
+};
+
+fn drops(iface: &str) -> u64 {
+    let c = &stats_json(iface)["counters"];
+    ["drop_rate", "drop_ban", "drop_deny"]
+        .iter()
+        .map(|n| c[n].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn bans(lab: &Lab) -> serde_json::Value {
+    let o = lab.cli(&["bans", "--all", "--json", "--iface", &lab.server_if]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn attached(lab: &Lab) -> bool {
+    let o = lab.exec_server(&["ip", "link", "show", &lab.server_if]);
+    String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn kill_9_mid_flood_keeps_enforcing_and_a_restart_adopts_the_state() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let flooder = lab.client_addr(1);
+    lab.add_client_addr(&flooder);
+    let args = [
+        "--rate",
+        "6/min",
+        "--burst",
+        "3",
+        "--ban-threshold",
+        "50",
+        "--ban-time",
+        "1h",
+    ];
+    let pid = lab.start_controller(&args);
+    let iface = lab.server_if.clone();
+    let flood = std::thread::scope(|s| {
+        let f = s.spawn(|| lab.flood(&flooder, 25, 8000, 500));
+        std::thread::sleep(Duration::from_millis(800));
+        signal(pid, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(300));
+        let d1 = drops(&iface);
+        std::thread::sleep(Duration::from_millis(1000));
+        let d2 = drops(&iface);
+        assert!(
+            d2 > d1 + 500,
+            "no controller, yet still dropping: {d1} -> {d2}"
+        );
+        f.join().unwrap()
+    });
+    assert!(attached(&lab), "the pinned link keeps the program attached");
+    assert_eq!(flood.sent, 8000);
+    assert!(flood.received <= 4, "{} SYNs got through", flood.received);
+    let before = drops(&iface);
+    assert!(before >= 7990, "dropped {before}");
+    let b = bans(&lab);
+    assert_eq!(b[0]["target"], format!("{flooder}/32"));
+    assert_eq!(b[0]["reason"], "rate");
+
+    // A new controller adopts: bans, counters and buckets are kept.
+    let pid = lab.start_controller(&args);
+    assert!(
+        lab.controller_log().contains("adopted the running program"),
+        "{}",
+        lab.controller_log()
+    );
+    assert_eq!(bans(&lab)[0]["target"], format!("{flooder}/32"));
+    assert!(
+        drops(&iface) >= before,
+        "counters never go backwards across an adoption"
+    );
+    let f = lab.flood(&flooder, 25, 20, 1000);
+    assert_eq!(f.received, 0, "still banned");
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    assert!(!attached(&lab));
+}
+
+#[test]
+fn keep_attached_restart_then_reboot_restores_bans_and_lists() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let pid = lab.start_controller(&["--save-interval", "1s"]);
+    let ok = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--iface", &iface]);
+        let o = lab.cli(&a);
+        assert!(
+            o.status.success(),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&["ban", "203.0.113.0/24", "--for", "1h"]);
+    ok(&["allow", "add", "192.0.2.10"]);
+    ok(&["deny", "add", "198.51.100.0/24", "2001:db8:bad::/48"]);
+
+    // An upgrade: stop with --keep-attached semantics by restarting a keep-attached controller.
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    assert!(!attached(&lab), "a plain stop detaches");
+    let state = lab.path("state").join(format!("{iface}.state.json"));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        saved["deny"],
+        serde_json::json!(["198.51.100.0/24", "2001:db8:bad::/48"])
+    );
+
+    // "Reboot": nothing pinned; the state file brings bans and lists back.
+    assert!(!smtp_xdp::pins::dir(&iface).exists());
+    let pid = lab.start_controller(&["--keep-attached"]);
+    assert!(
+        lab.controller_log().contains("restored saved state"),
+        "{}",
+        lab.controller_log()
+    );
+    let b = bans(&lab);
+    assert_eq!(b[0]["target"], "203.0.113.0/24");
+    let left = b[0]["remaining_secs"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&left), "remaining {left}s");
+    let deny = lab.cli(&["deny", "list", "--iface", &iface]);
+    assert_eq!(
+        String::from_utf8_lossy(&deny.stdout),
+        "198.51.100.0/24\n2001:db8:bad::/48\n"
+    );
+    let allow = lab.cli(&["allow", "list", "--iface", &iface]);
+    assert_eq!(String::from_utf8_lossy(&allow.stdout), "192.0.2.10/32\n");
+
+    // --keep-attached: the stop leaves the program and the pins in place (no gap for an upgrade).
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    assert!(attached(&lab), "kept attached");
+    assert!(smtp_xdp::pins::dir(&iface).join("link").exists());
+    let pid = lab.start_controller(&[]);
+    assert!(lab.controller_log().contains("adopted the running program"));
+    assert_eq!(bans(&lab)[0]["target"], "203.0.113.0/24");
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_refuses_a_broken_one() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let cfg = lab.path("smtp-xdp.toml");
+    std::fs::write(&cfg, "rate = \"10/min\"\nburst = 4\n").unwrap();
+    let pid = lab.start_controller(&["--config", cfg.to_str().unwrap()]);
+    let rate = |lab: &Lab| {
+        let o = lab.cli(&["status", "--json", "--iface", &iface]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v["policy"]["rate"].as_str().unwrap().to_string(),
+            v["policy"]["burst"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(rate(&lab), ("10/min".into(), 4));
+    std::fs::write(&cfg, "rate = \"20/min\"\nburst = 8\n").unwrap();
+    signal(pid, libc::SIGHUP);
+    wait_for(Duration::from_secs(5), "reload", || {
+        rate(&lab) == ("20/min".into(), 8)
+    });
+    std::fs::write(&cfg, "rate = \"20/min\"\nburst = \"many\"\n").unwrap();
+    signal(pid, libc::SIGHUP);
+    wait_for(Duration::from_secs(5), "refusal logged", || {
+        lab.controller_log().contains("reload refused")
+    });
+    assert!(
+        lab.controller_log()
+            .contains("burst: invalid burst \\\"many\\\"")
+            || lab
+                .controller_log()
+                .contains("burst: invalid burst \"many\""),
+        "{}",
+        lab.controller_log()
+    );
+    assert_eq!(
+        rate(&lab),
+        ("20/min".into(), 8),
+        "the policy in force stays"
+    );
+    assert_eq!(
+        lab.wait_exit(pid, Duration::from_millis(100)),
+        None,
+        "still running"
+    );
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_foreign_map_layout_is_refused_and_fresh_starts_clean() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let pid = lab.start_controller(&[]);
+    signal(pid, libc::SIGKILL);
+    lab.wait_exit(pid, Duration::from_secs(5));
+    let dir = smtp_xdp::pins::dir(&iface);
+    let mut maps = smtp_xdp::maps::Maps::open(&dir).unwrap();
+    let mut meta = maps.meta().unwrap();
+    meta.layout = 999;
+    maps.set_meta(&meta).unwrap();
+    drop(maps);
+    let out = Lab::in_net(
+        &lab.server_ns,
+        &[
+            smtp_xdp_tests::smtp_xdp_bin().to_str().unwrap(),
+            "run",
+            "--iface",
+            &iface,
+            "--metrics-listen",
+            "off",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "has map layout 999, this build uses {}",
+            smtp_xdp_common::LAYOUT_VERSION
+        )) && err.contains(&format!("smtp-xdp detach --iface {iface}")),
+        "{err}"
+    );
+    let pid = lab.start_controller(&["--fresh"]);
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_removed_interface_is_noticed() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let pid = lab.start_controller(&[]);
+    assert!(stat(&iface, "pass_not_smtp") < u64::MAX);
+    lab.exec_server(&["ip", "link", "del", &iface]);
+    assert_eq!(
+        lab.wait_exit(pid, Duration::from_secs(10)),
+        Some(3),
+        "{}",
+        lab.controller_log()
+    );
+    assert!(lab.controller_log().contains("the interface disappeared"));
+    assert!(!smtp_xdp::pins::dir(&iface).exists(), "pins removed");
+}

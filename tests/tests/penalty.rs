@@ -1,0 +1,237 @@
+//! The penalty box and the lists in the real program: bans, escalation, expiry, manual network
+//! bans, allow over deny, LPM matching for IPv4 and IPv6, atomic list replacement.
+
+use std::time::Duration;
+
+use smtp_xdp::{
+    clock,
+    config::Settings,
+    maps::{addr_key, List},
+    units,
+};
+use smtp_xdp_common::{ban_reason, Ban, Counter};
+use smtp_xdp_tests::{frames::Frame, require_bpf, slow_settings, Kernel, XDP_DROP, XDP_PASS};
+
+fn syn(src: &str) -> Vec<u8> {
+    Frame::syn(src, 25).build()
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    units::parse_net(s).unwrap()
+}
+
+#[test]
+fn repeat_offender_is_banned_then_escalated() {
+    require_bpf!();
+    let s = Settings {
+        ban_threshold: 3,
+        ban_time: units::Duration(400_000_000),
+        ban_max: units::Duration::secs(3600),
+        ..slow_settings(1)
+    };
+    let k = Kernel::load(&s);
+    let src = "198.18.30.1";
+    assert_eq!(k.run(&syn(src)), XDP_PASS);
+    for _ in 0..3 {
+        assert_eq!(k.run(&syn(src)), XDP_DROP);
+    }
+    assert_eq!(k.counter(Counter::BansRate), 1);
+    let key = addr_key(src.parse().unwrap(), &k.policy());
+    let ban = k.maps.bans.get(&key, 0).expect("banned");
+    assert_eq!((ban.level, ban.reason), (0, ban_reason::RATE));
+    assert_eq!(ban.until - ban.since, 400_000_000);
+    // While banned: dropped as banned, before the rate check.
+    let before = k.counter(Counter::DropBan);
+    assert_eq!(k.run(&syn(src)), XDP_DROP);
+    assert_eq!(k.counter(Counter::DropBan), before + 1);
+    // Expiry is checked in the kernel: an expired ban admits (the bucket still applies).
+    std::thread::sleep(Duration::from_millis(450));
+    let drop_ban = k.counter(Counter::DropBan);
+    assert_eq!(k.run(&syn(src)), XDP_DROP);
+    assert_eq!(
+        k.counter(Counter::DropBan),
+        drop_ban,
+        "the expired ban no longer drops"
+    );
+    assert_eq!(k.counter(Counter::DropRate) >= 4, true);
+    // Two more rate drops re-offend: a second ban, twice as long.
+    for _ in 0..2 {
+        assert_eq!(k.run(&syn(src)), XDP_DROP);
+    }
+    let ban = k.maps.bans.get(&key, 0).expect("banned again");
+    assert_eq!((ban.level, ban.until - ban.since), (1, 800_000_000));
+    assert_eq!(k.counter(Counter::BansRate), 2);
+}
+
+#[test]
+fn allow_wins_over_deny_and_bans_and_lpm_matches_longest_prefix() {
+    require_bpf!();
+    let mut k = Kernel::load(&slow_settings(1));
+    k.maps
+        .list_edit(List::Deny, &net("198.18.31.0/24"), true)
+        .unwrap();
+    k.maps
+        .list_edit(List::Allow, &net("198.18.31.128/25"), true)
+        .unwrap();
+    k.maps
+        .list_edit(List::Deny, &net("2001:db8:31::/48"), true)
+        .unwrap();
+    k.maps
+        .list_edit(List::Allow, &net("2001:db8:31:1::/64"), true)
+        .unwrap();
+    let now = clock::boot_ns();
+    k.maps
+        .ban_net(
+            &net("198.18.31.200/32"),
+            &Ban {
+                until: now + 3_600_000_000_000,
+                since: now,
+                level: 0,
+                reason: ban_reason::MANUAL,
+            },
+        )
+        .unwrap();
+    let cases = [
+        ("198.18.31.5", XDP_DROP, Counter::DropDeny),
+        ("198.18.31.130", XDP_PASS, Counter::SynAllowlisted),
+        ("198.18.31.200", XDP_PASS, Counter::SynAllowlisted),
+        ("198.18.32.1", XDP_PASS, Counter::SynAdmitted),
+        ("2001:db8:31:2::1", XDP_DROP, Counter::DropDeny),
+        ("2001:db8:31:1::99", XDP_PASS, Counter::SynAllowlisted),
+        ("2001:db8:32::1", XDP_PASS, Counter::SynAdmitted),
+    ];
+    for (src, verdict, counter) in cases {
+        for round in 0..3 {
+            let before = k.counter(counter);
+            let got = k.run(&syn(src));
+            if counter == Counter::SynAdmitted && round > 0 {
+                assert_eq!(got, XDP_DROP, "{src} over its rate");
+                continue;
+            }
+            assert_eq!(got, verdict, "{src}");
+            assert_eq!(
+                k.counter(counter),
+                before + 1,
+                "{src} counted as {counter:?}"
+            );
+        }
+    }
+    // Allowlisted sources are never tracked, so they can never be banned either.
+    let key = addr_key("198.18.31.130".parse().unwrap(), &k.policy());
+    assert_eq!(k.maps.source(&key).unwrap(), None);
+}
+
+#[test]
+fn manual_network_bans_expire_in_the_kernel() {
+    require_bpf!();
+    let mut k = Kernel::load(&slow_settings(100));
+    let now = clock::boot_ns();
+    k.maps
+        .ban_net(
+            &net("198.18.33.0/24"),
+            &Ban {
+                until: now + 300_000_000,
+                since: now,
+                level: 0,
+                reason: ban_reason::MANUAL,
+            },
+        )
+        .unwrap();
+    k.maps
+        .ban_net(
+            &net("2001:db8:33::/56"),
+            &Ban {
+                until: now + 300_000_000,
+                since: now,
+                level: 0,
+                reason: ban_reason::MANUAL,
+            },
+        )
+        .unwrap();
+    assert_eq!(k.run(&syn("198.18.33.77")), XDP_DROP);
+    assert_eq!(k.run(&syn("2001:db8:33:ff::1")), XDP_DROP);
+    assert_eq!(
+        k.run(&syn("2001:db8:33:100::1")),
+        XDP_PASS,
+        "outside the /56"
+    );
+    assert_eq!(k.counter(Counter::DropBan), 2);
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(k.run(&syn("198.18.33.77")), XDP_PASS, "expired");
+    assert_eq!(k.run(&syn("2001:db8:33:ff::1")), XDP_PASS, "expired");
+    // The sweep removes what is over.
+    let removed = k.maps.sweep_bans(clock::boot_ns(), 0, 1024).unwrap();
+    assert_eq!(removed, 2);
+    assert!(k.maps.ban_entries().unwrap().is_empty());
+}
+
+#[test]
+fn sweep_keeps_expired_bans_for_escalation_until_their_memory_runs_out() {
+    require_bpf!();
+    let mut k = Kernel::load(&slow_settings(1));
+    let now = clock::boot_ns();
+    let key = addr_key("198.18.34.1".parse().unwrap(), &k.policy());
+    let expired = Ban {
+        until: now - 1,
+        since: now - 10,
+        level: 2,
+        reason: ban_reason::RATE,
+    };
+    k.maps.ban_source(&key, &expired).unwrap();
+    assert_eq!(
+        k.maps.sweep_bans(now, 60_000_000_000, 1024).unwrap(),
+        0,
+        "remembered"
+    );
+    assert_eq!(
+        k.maps
+            .sweep_bans(now + 60_000_000_000, 60_000_000_000, 1024)
+            .unwrap(),
+        1,
+        "forgotten"
+    );
+}
+
+#[test]
+fn list_replacement_is_atomic_and_whole() {
+    require_bpf!();
+    let mut k = Kernel::load(&slow_settings(100));
+    let first: Vec<_> = (0..1000)
+        .map(|i| net(&format!("10.{}.{}.0/24", i / 256, i % 256)))
+        .collect();
+    k.maps.list_replace(List::Deny, &first).unwrap();
+    assert_eq!(k.maps.list_entries(List::Deny).unwrap().len(), 1000);
+    assert_eq!(k.run(&syn("10.0.5.1")), XDP_DROP);
+    let second = vec![net("198.18.35.0/24"), net("2001:db8:35::/48")];
+    k.maps.list_replace(List::Deny, &second).unwrap();
+    assert_eq!(k.maps.list_entries(List::Deny).unwrap(), second);
+    assert_eq!(k.run(&syn("10.0.5.1")), XDP_PASS, "old list gone");
+    assert_eq!(k.run(&syn("198.18.35.9")), XDP_DROP, "new list in force");
+    assert_eq!(k.run(&syn("2001:db8:35:1::9")), XDP_DROP);
+    // The idle copy was emptied: nothing of the first list lingers in kernel memory.
+    let idle = &k.maps.deny[1 - k
+        .maps
+        .select
+        .get(&smtp_xdp_common::select::DENY, 0)
+        .unwrap() as usize];
+    assert_eq!(idle.v4.keys().count() + idle.v6.keys().count(), 0);
+}
+
+#[test]
+fn a_large_list_loads_in_seconds() {
+    require_bpf!();
+    let mut k = Kernel::load(&slow_settings(1));
+    let nets: Vec<_> = (0..100_000u32)
+        .map(|i| {
+            ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap(),
+            )
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    k.maps.list_replace(List::Deny, &nets).unwrap();
+    let took = start.elapsed();
+    println!("100000-entry deny list loaded in {took:?}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert_eq!(k.run(&syn("10.1.134.7")), XDP_DROP);
+}
