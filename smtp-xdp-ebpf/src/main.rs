@@ -477,6 +477,12 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
         return;
     }
     let found = if found > 64 { 64 } else { found as u32 };
+    // Every bounce counts towards the totals (and storm detection); allowlisted sources (a backup
+    // MX relaying bounces, say) are never charged or banned for them.
+    if let Some(c) = COUNTERS.get_ptr_mut(Counter::BouncesKernel as u32) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *c += found as u64 };
+    }
     let mut env = KernelEnv {
         seg,
         key: source_key(seg, policy),
@@ -490,10 +496,6 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     };
     let now = now();
     let storm = STORM.get(0).is_some_and(|&s| s != 0);
-    if let Some(c) = COUNTERS.get_ptr_mut(Counter::BouncesKernel as u32) {
-        // SAFETY: a per-CPU slot.
-        unsafe { *c += found as u64 };
-    }
     // SAFETY: `st` points into the SOURCES value for this key.
     let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm, found, now) };
     if verdict == BounceVerdict::OverLimit {

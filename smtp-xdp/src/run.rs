@@ -723,3 +723,57 @@ fn futures_boxed(
 pub fn instance_meta(dir: &Path) -> Option<Meta> {
     crate::maps::open_meta(dir).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::{Duration as D, Rate};
+
+    #[test]
+    fn storm_starts_over_the_rate_and_ends_after_a_calm_hold() {
+        let s = Settings {
+            storm_rate: Some(Rate::per_minute(100)),
+            storm_hold: D::secs(5),
+            ..Settings::default()
+        };
+        let mut w = StormWatch::new();
+        let t0 = Instant::now();
+        let mut total = 0;
+        let mut on = false;
+        // 1 bounce a second: calm.
+        for i in 0..10 {
+            total += 1;
+            assert_eq!(w.tick(total, on, &s, t0 + Duration::from_secs(i)), None);
+        }
+        // 20 a second: over 100 in the last minute after a few seconds.
+        let mut started = None;
+        for i in 10..20 {
+            total += 20;
+            if let Some((true, n)) = w.tick(total, on, &s, t0 + Duration::from_secs(i)) {
+                started = Some((i, n));
+                on = true;
+            }
+        }
+        let (at, n) = started.expect("storm started");
+        assert!(
+            n > 100 && at < 17,
+            "started at {at}s with {n} in the last minute"
+        );
+        // Silence: the sliding minute must drain below 100 and stay there for the hold.
+        let mut ended = None;
+        for i in 20..200 {
+            if let Some((false, _)) = w.tick(total, on, &s, t0 + Duration::from_secs(i)) {
+                ended = Some(i);
+                on = false;
+            }
+        }
+        let end = ended.expect("storm ended");
+        assert!((75..=90).contains(&end), "ended at {end}s");
+        // Off when storm detection is off.
+        let off = Settings {
+            storm_rate: None,
+            ..s
+        };
+        assert_eq!(StormWatch::new().tick(1_000_000, false, &off, t0), None);
+    }
+}

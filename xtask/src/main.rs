@@ -20,6 +20,9 @@ use anyhow::{bail, Context as _, Result};
 const TEST_PACKAGES: &[&str] = &[
     "postfix",
     "swaks",
+    // swaks --tls needs these (only "recommended" by the swaks package).
+    "libnet-ssleay-perl",
+    "libio-socket-ssl-perl",
     "hping3",
     "netsniff-ng",
     "nftables",
