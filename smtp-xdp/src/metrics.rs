@@ -71,7 +71,68 @@ pub fn render(r: &Registry) -> String {
     out
 }
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics rendering, for scrapers that do
+/// not ask for OpenMetrics (curl, promtool, older servers): counter families take their `_total`
+/// sample name, and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The body and content type for a scrape that sent `accept`.
+pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (&'static str, String) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (OPENMETRICS, openmetrics)
+    } else {
+        (TEXT_FORMAT, to_text_format(&openmetrics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_renames_counter_families() {
+        let om = "# HELP smtp_xdp_packets Packets.\n# TYPE smtp_xdp_packets counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP smtp_xdp_packets_total Packets.\n# TYPE smtp_xdp_packets_total counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n"
+        );
+        assert_eq!(
+            negotiate(
+                om.into(),
+                Some("application/openmetrics-text;version=1.0.0")
+            )
+            .0,
+            OPENMETRICS
+        );
+        assert_eq!(negotiate(om.into(), Some("*/*")).0, TEXT_FORMAT);
+        assert_eq!(negotiate(om.into(), None).0, TEXT_FORMAT);
+    }
+}
 
 /// (verdict, reason) labels of each per-packet counter.
 pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
@@ -156,17 +217,21 @@ impl Collector for Exporter {
         let s = &v.snapshot;
         let c = &v.cache;
         gauge(&mut enc, "up", "1 when the pinned maps could be read.", 1.0)?;
-        let mut m = enc.encode_descriptor(
-            "program",
+        // An info metric as a gauge of 1 (the `*_info` convention): both the Prometheus text
+        // format (promtool, older servers) and OpenMetrics read it.
+        gauges(
+            &mut enc,
+            "program_info",
             "The protected interface, the XDP mode obtained and the version.",
-            None,
-            MetricType::Info,
+            [(
+                vec![
+                    ("interface", v.iface.clone()),
+                    ("xdp_mode", v.xdp_mode.clone()),
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ],
+                1.0,
+            )],
         )?;
-        m.encode_info(&[
-            ("interface", v.iface.clone()),
-            ("xdp_mode", v.xdp_mode.clone()),
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-        ])?;
         gauge(
             &mut enc,
             "attached",

@@ -673,17 +673,26 @@ async fn serve_metrics(
     listen: crate::config::Listen,
     registry: Arc<prometheus_client::registry::Registry>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use axum::{http::header, routing::get, Router};
+    use axum::{
+        http::{header, HeaderMap},
+        routing::get,
+        Router,
+    };
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let r = registry.clone();
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 async move {
                     let body = tokio::task::spawn_blocking(move || metrics::render(&r))
                         .await
                         .unwrap_or_default();
-                    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body)
+                    let (ctype, body) = metrics::negotiate(body, accept.as_deref());
+                    ([(header::CONTENT_TYPE, ctype)], body)
                 }
             }),
         )
