@@ -154,7 +154,7 @@ fn classify(ctx: &XdpContext) -> (Counter, u32) {
         return (Counter::NoPolicy, xdp_action::XDP_PASS);
     };
     if seg.is_new_connection() {
-        return on_syn(&seg, port, policy);
+        return on_syn(ctx, &seg, port, policy);
     }
     if port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0 {
         on_payload(ctx, &seg, policy);
@@ -226,6 +226,7 @@ fn gcra_shared(tat: *mut u64, gcra: &Gcra, now: u64) -> bool {
 
 /// The kernel's state for one source: the maps, looked up lazily.
 struct KernelEnv<'a> {
+    ctx: &'a XdpContext,
     seg: &'a Segment,
     key: SourceKey,
     slot: u32,
@@ -281,7 +282,15 @@ impl BanEnv for KernelEnv<'_> {
 
     #[inline(always)]
     fn store_ban(&mut self, ban: &Ban) -> bool {
-        BANS.insert(self.key, ban, 0).is_ok()
+        let stored = BANS.insert(self.key, ban, 0).is_ok();
+        if !stored {
+            // Rare (the penalty box is full): worth a log line, never on the normal path.
+            aya_log_ebpf::warn!(
+                self.ctx,
+                "penalty box full: a ban was not stored (raise --max-bans)"
+            );
+        }
+        stored
     }
 
     #[inline(always)]
@@ -401,9 +410,10 @@ fn source_key(seg: &Segment, policy: &Policy) -> SourceKey {
 }
 
 #[inline(always)]
-fn on_syn(seg: &Segment, port: u32, policy: &Policy) -> (Counter, u32) {
+fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Counter, u32) {
     let slot = (port & port_flags::SLOT_MASK).wrapping_sub(1);
     let mut env = KernelEnv {
+        ctx,
         seg,
         key: source_key(seg, policy),
         slot,
@@ -484,6 +494,7 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
         unsafe { *c += found as u64 };
     }
     let mut env = KernelEnv {
+        ctx,
         seg,
         key: source_key(seg, policy),
         slot: 0,

@@ -17,6 +17,27 @@ pub const LINES_PER_SEC: u32 = 20;
 /// Bound on the repeat-suppression table (oldest half dropped when full).
 const MAX_REMEMBERED: usize = 65_536;
 
+/// Forwards aya-log records (rare kernel-side diagnostics) into the controller's own log.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let msg = record.args().to_string();
+        match record.level() {
+            log::Level::Error => tracing::error!(origin = "kernel", "{msg}"),
+            log::Level::Warn => tracing::warn!(origin = "kernel", "{msg}"),
+            log::Level::Info => tracing::info!(origin = "kernel", "{msg}"),
+            _ => tracing::debug!(origin = "kernel", "{msg}"),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// Decodes a ring-buffer record; `None` for a record of the wrong size.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     if bytes.len() != EVENT_SIZE {

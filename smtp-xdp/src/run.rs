@@ -352,6 +352,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         "smtp-xdp attached"
     );
 
+    let kernel_log = aya_log::EbpfLogger::init_with_logger(&mut ebpf, &events::KernelLog)
+        .map_err(|e| tracing::warn!(error = %e, "kernel diagnostics unavailable"))
+        .ok();
     let events_map = ebpf.take_map(names::EVENTS).context("events map")?;
     let ring = RingBuf::try_from(events_map).context("events ring buffer")?;
 
@@ -374,6 +377,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(read_events(ring, shared.clone()));
+    if let Some(logger) = kernel_log {
+        tasks.spawn(forward_kernel_log(logger));
+    }
     tasks.spawn(census_loop(shared.clone()));
     if let Some(listen) = settings.metrics_listen.clone() {
         let s = shared.clone();
@@ -665,6 +671,24 @@ async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static events::KernelLog>) {
+    // SAFETY: the logger owns its ring buffer descriptor while the AsyncFd holds it.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel diagnostics unavailable");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
     }
 }
 

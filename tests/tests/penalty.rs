@@ -235,3 +235,52 @@ fn a_large_list_loads_in_seconds() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert_eq!(k.run(&syn("10.1.134.7")), XDP_DROP);
 }
+
+/// Collects aya-log records.
+struct Collect(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", r.level(), r.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_full_penalty_box_is_counted_and_reported_through_aya_log() {
+    require_bpf!();
+    let s = Settings {
+        ban_threshold: 1,
+        max_bans: 16,
+        ..slow_settings(1)
+    };
+    let mut k = Kernel::load_with(
+        &s,
+        &smtp_xdp::program::LoadOptions {
+            max_bans: 16,
+            ..Default::default()
+        },
+    );
+    for i in 0..20 {
+        let src = format!("198.18.36.{i}");
+        k.run(&syn(&src));
+        k.run(&syn(&src));
+    }
+    assert_eq!(k.counter(Counter::BansRate), 16);
+    assert_eq!(k.counter(Counter::BanInsertFailed), 4);
+    let sink: &'static Collect = Box::leak(Box::new(Collect(Default::default())));
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut k.ebpf, sink).expect("aya-log");
+    logger.flush();
+    let lines = sink.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "WARN penalty box full: a ban was not stored (raise --max-bans)"
+    );
+}
