@@ -21,9 +21,9 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("cannot create the program's maps: {0}")]
+    #[error("cannot create the program's maps: {}", chain(.0))]
     Object(EbpfError),
-    #[error("the kernel refused program {name}: {error}")]
+    #[error("the kernel refused program {name}: {}", chain(.error))]
     Program {
         name: &'static str,
         error: ProgramError,
@@ -32,12 +32,27 @@ pub enum LoadError {
     Missing(&'static str),
     #[error("XDP link: {0}")]
     Link(aya::programs::links::LinkError),
-    #[error("cannot attach XDP to {iface} in {mode} mode: {error}")]
+    #[error("cannot attach XDP to {iface} in {mode} mode: {}", chain(.error))]
     Attach {
         iface: String,
         mode: &'static str,
         error: ProgramError,
     },
+}
+
+/// An error and its causes in one line (aya's errors keep the OS error as a source).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 // Not `#[from]`: that would also make the link error the `source`, and `{:#}` would print the

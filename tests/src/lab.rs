@@ -238,16 +238,23 @@ impl Lab {
     /// Starts `smtp-xdp run` on the server veth inside the server's network namespace (sharing
     /// the root's bpffs), and waits until it attached. Extra `args` come after the lab's own.
     pub fn start_controller(&mut self, args: &[&str]) -> u32 {
+        self.start_controller_as(&[], args)
+    }
+
+    /// [`Lab::start_controller`] with `wrapper` (e.g. `setpriv ...`) between the namespace entry
+    /// and the binary.
+    pub fn start_controller_as(&mut self, wrapper: &[&str], args: &[&str]) -> u32 {
         let bin = crate::smtp_xdp_bin();
         let state = self.dir.join("state");
-        let mut all = vec![
+        let mut all = wrapper.to_vec();
+        all.extend([
             bin.to_str().unwrap(),
             "run",
             "--iface",
             &self.server_if,
             "--state-dir",
             state.to_str().unwrap(),
-        ];
+        ]);
         if !args.contains(&"--metrics-listen") {
             all.extend(["--metrics-listen", "off"]);
         }
