@@ -165,12 +165,12 @@ pub mod postfix;
 /// The `smtp-xdp` binary next to the test binary (`cargo xtask test` builds it first).
 pub fn smtp_xdp_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/smtp-xdp
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("smtp-xdp"))
-        .expect("target directory");
+    // Tests run from target/<profile>/deps/, the bench runner from target/<profile>/.
+    let dir = exe.parent().expect("target directory");
+    let bin = [dir.join("smtp-xdp"), dir.join("../smtp-xdp")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("smtp-xdp"));
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build --release -p smtp-xdp` (cargo xtask test does)",

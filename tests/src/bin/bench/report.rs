@@ -124,7 +124,6 @@ impl Report {
         );
     }
 
-    #[expect(dead_code, reason = "used by the benchmarks of the next sections")]
     pub fn section(&mut self, key: &str, markdown: &str, data: Value) {
         self.md.push_str(markdown);
         self.json.insert(key.into(), data);
