@@ -110,30 +110,6 @@ pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (&'static str, St
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_format_renames_counter_families() {
-        let om = "# HELP smtp_xdp_packets Packets.\n# TYPE smtp_xdp_packets counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n# EOF\n";
-        assert_eq!(
-            to_text_format(om),
-            "# HELP smtp_xdp_packets_total Packets.\n# TYPE smtp_xdp_packets_total counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n"
-        );
-        assert_eq!(
-            negotiate(
-                om.into(),
-                Some("application/openmetrics-text;version=1.0.0")
-            )
-            .0,
-            OPENMETRICS
-        );
-        assert_eq!(negotiate(om.into(), Some("*/*")).0, TEXT_FORMAT);
-        assert_eq!(negotiate(om.into(), None).0, TEXT_FORMAT);
-    }
-}
-
 /// (verdict, reason) labels of each per-packet counter.
 pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
     Some(match c {
@@ -534,3 +510,27 @@ pub const FAMILIES: &[&str] = &[
     "smtp_xdp_controller_start_time_seconds",
     "smtp_xdp_controller_uptime_seconds",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_renames_counter_families() {
+        let om = "# HELP smtp_xdp_packets Packets.\n# TYPE smtp_xdp_packets counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP smtp_xdp_packets_total Packets.\n# TYPE smtp_xdp_packets_total counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n"
+        );
+        assert_eq!(
+            negotiate(
+                om.into(),
+                Some("application/openmetrics-text;version=1.0.0")
+            )
+            .0,
+            OPENMETRICS
+        );
+        assert_eq!(negotiate(om.into(), Some("*/*")).0, TEXT_FORMAT);
+        assert_eq!(negotiate(om.into(), None).0, TEXT_FORMAT);
+    }
+}
