@@ -112,7 +112,7 @@ fn prometheus_scrapes_the_exporter_during_a_flood() {
     for f in smtp_xdp::metrics::FAMILIES {
         let has = live
             .iter()
-            .any(|l| l == f || l.starts_with(&format!("{f}_")) || *f == format!("{l}"));
+            .any(|l| l == f || l.starts_with(&format!("{f}_")));
         assert!(
             has || f.starts_with("smtp_xdp_top_offender"),
             "{f} missing from:\n{text}"

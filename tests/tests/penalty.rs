@@ -53,7 +53,7 @@ fn repeat_offender_is_banned_then_escalated() {
         drop_ban,
         "the expired ban no longer drops"
     );
-    assert_eq!(k.counter(Counter::DropRate) >= 4, true);
+    assert!(k.counter(Counter::DropRate) >= 4);
     // Two more rate drops re-offend: a second ban, twice as long.
     for _ in 0..2 {
         assert_eq!(k.run(&syn(src)), XDP_DROP);
