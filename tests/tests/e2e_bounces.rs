@@ -93,9 +93,9 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
         bans(&lab)
     );
     assert!(
-        pf.maillog().contains(&format!(
+        pf.maillog().contains(
             "450 4.7.1 <user@example.test>: Recipient address rejected: Too many bounces"
-        )),
+        ),
         "Postfix refused the 4th temporarily:\n{}",
         pf.maillog()
     );
