@@ -185,11 +185,18 @@ impl StateFile {
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(io)?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+        let prefix = format!(".{name}.tmp.");
+        // Temporary files of saves that were killed half-way (one controller per interface holds
+        // the lock, so none of these is being written now).
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!("{prefix}{}", std::process::id()));
         let body = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         let mut f = fs::OpenOptions::new()
             .create(true)

@@ -337,6 +337,52 @@ impl Lab {
             .expect("run smtp-xdp")
     }
 
+    /// A trafgen command sending `count` frames of the configuration file `cfg` from the client
+    /// namespace on CPU 1. trafgen goes through a pfifo qdisc it installs on the client veth:
+    /// with XDP on the peer, veth's receive ring fills and the qdisc-bypass path would give up
+    /// (EAGAIN) instead of waiting.
+    pub fn trafgen(&self, cfg: &std::path::Path, count: u64, pps: u64) -> Command {
+        self.exec_client(&[
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.client_if,
+            "root",
+            "pfifo",
+            "limit",
+            "10000",
+        ]);
+        let n = count.to_string();
+        let rate = format!("{pps}pps");
+        let mut args = vec![
+            "taskset",
+            "-c",
+            "1",
+            "timeout",
+            "180",
+            "trafgen",
+            "--dev",
+            &self.client_if,
+            "--conf",
+            cfg.to_str().unwrap(),
+            "-n",
+            &n,
+            "-P",
+            "1",
+            "--no-sock-mem",
+            "--notouch-irq",
+            "--no-cpu-stats",
+            "--qdisc-path",
+        ];
+        if pps > 0 {
+            args.extend(["-b", &rate]);
+        }
+        let mut c = Self::in_ns(&self.client_ns, &args);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    }
+
     /// Delivers one message with swaks from `src`; returns whether the server accepted it.
     pub fn send_mail(&self, src: &str, extra: &[&str]) -> bool {
         let server = self.server_addr();

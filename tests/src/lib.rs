@@ -202,3 +202,6 @@ pub fn stats_json(iface: &str) -> serde_json::Value {
 pub fn stat(iface: &str, name: &str) -> u64 {
     stats_json(iface)["counters"][name].as_u64().unwrap_or(0)
 }
+
+pub mod gen;
+pub mod model;

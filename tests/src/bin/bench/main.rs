@@ -148,6 +148,17 @@ fn fast_settings() -> Settings {
 /// xdp-filter (xdp-tools) attached to a veth, denying the frame's source, run on the same frame
 /// with `bpftool prog run`.
 fn xdp_filter(frame: &[u8], mode: &Mode) -> Option<Row> {
+    // libxdp keeps its dispatcher state under /sys/fs/bpf/xdp; leave none behind.
+    let libxdp_dir = std::path::Path::new("/sys/fs/bpf/xdp");
+    let had_libxdp_dir = libxdp_dir.exists();
+    let row = xdp_filter_run(frame, mode);
+    if !had_libxdp_dir {
+        let _ = std::fs::remove_dir(libxdp_dir);
+    }
+    row
+}
+
+fn xdp_filter_run(frame: &[u8], mode: &Mode) -> Option<Row> {
     let lab = Lab::new();
     let load = Lab::in_net(
         &lab.server_ns,

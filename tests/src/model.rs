@@ -1,0 +1,271 @@
+//! The reference model: the decision logic shared with the XDP program (parse, decide_syn,
+//! charge_bounces, ban_source, the bounce scanner), driven over plain collections that model the
+//! maps. The differential test runs every frame through the real program and through this, and
+//! requires the same verdicts and counters.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use smtp_xdp::config::Settings;
+use smtp_xdp_common::{
+    bans, bounce,
+    decide::{self, BanEnv, BounceVerdict, RateOutcome, SynEnv, SynVerdict, XDP_DROP, XDP_PASS},
+    event_kind,
+    limiter::Gcra,
+    parse::{self, Segment, Skip},
+    port_flags, Ban, Counter, Policy, PortStats, SourceKey, SourceState, FAMILY_V4, MAX_PORTS,
+    SCAN_WINDOW,
+};
+
+pub struct Model {
+    pub policy: Policy,
+    pub port_slots: HashMap<u16, u32>,
+    pub sources: HashMap<SourceKey, SourceState>,
+    pub bans: HashMap<SourceKey, Ban>,
+    pub max_bans: usize,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub banned_nets: Vec<(IpNet, Ban)>,
+    pub counters: [u64; Counter::COUNT as usize],
+    pub port_stats: [PortStats; MAX_PORTS],
+    pub global: [u64; MAX_PORTS],
+    pub storm: bool,
+    /// Events emitted, by kind (index = `event_kind`).
+    pub events: [u64; 4],
+}
+
+impl Model {
+    /// The model of a program freshly loaded with `settings` (as `Maps::set_policy` slots the
+    /// ports: in order, port 25 scanned for bounces).
+    pub fn new(settings: &Settings, max_bans: usize) -> Self {
+        let policy = settings.policy();
+        let mut port_slots = HashMap::new();
+        for (slot, &port) in policy.ports.iter().enumerate() {
+            if port != 0 {
+                let mut v = (slot as u32 + 1) & port_flags::SLOT_MASK;
+                if port == 25 {
+                    v |= port_flags::SCAN_BOUNCES;
+                }
+                port_slots.insert(port, v);
+            }
+        }
+        Model {
+            policy,
+            port_slots,
+            sources: HashMap::new(),
+            bans: HashMap::new(),
+            max_bans,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            banned_nets: Vec::new(),
+            counters: [0; Counter::COUNT as usize],
+            port_stats: [PortStats::default(); MAX_PORTS],
+            global: [0; MAX_PORTS],
+            storm: false,
+            events: [0; 4],
+        }
+    }
+
+    fn count(&mut self, c: Counter, n: u64) {
+        self.counters[c as usize] += n;
+    }
+
+    /// One frame at `now`: the verdict, with every map and counter updated like the kernel's.
+    pub fn run(&mut self, frame: &[u8], now: u64) -> u32 {
+        let (counter, action) = self.classify(frame, now);
+        self.count(counter, 1);
+        action
+    }
+
+    fn classify(&mut self, frame: &[u8], now: u64) -> (Counter, u32) {
+        let seg = match parse::parse(frame) {
+            Ok(s) => s,
+            Err(Skip::NotTcp) => return (Counter::PassNotSmtp, XDP_PASS),
+            Err(Skip::Unparsed) => return (Counter::PassUnparsed, XDP_PASS),
+        };
+        let port = match self.port_slots.get(&seg.dst_port) {
+            Some(&p) if p != 0 => p,
+            _ => return (Counter::PassNotSmtp, XDP_PASS),
+        };
+        let policy = self.policy;
+        if seg.is_new_connection() {
+            let slot = (port & port_flags::SLOT_MASK) - 1;
+            let key = source_key(&seg, &policy);
+            let mut env = Env {
+                m: self,
+                seg: &seg,
+                key,
+                slot,
+            };
+            let verdict = decide::decide_syn(&mut env, &policy, now);
+            let (counter, action) = verdict.outcome(policy.dry_run());
+            let stats = &mut self.port_stats[slot as usize];
+            match (verdict, action) {
+                (SynVerdict::Admitted | SynVerdict::Allowlisted, _) => stats.syn_admitted += 1,
+                (_, XDP_DROP) => stats.syn_dropped += 1,
+                _ => stats.syn_would_drop += 1,
+            }
+            return (counter, action);
+        }
+        if port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0 {
+            self.payload(frame, &seg, &policy, now);
+        }
+        (Counter::PassSmtpOther, XDP_PASS)
+    }
+
+    fn payload(&mut self, frame: &[u8], seg: &Segment, policy: &Policy, now: u64) {
+        let len = seg.payload_len;
+        if len > SCAN_WINDOW {
+            self.count(Counter::ScanSkipped, 1);
+            return;
+        }
+        // bpf_xdp_load_bytes fails on a frame shorter than the IP header claims.
+        let Some(bytes) = frame.get(seg.payload_offset..seg.payload_offset + len) else {
+            return;
+        };
+        let mut buf = [0u8; SCAN_WINDOW];
+        buf[..len].copy_from_slice(bytes);
+        let found = bounce::count_null_senders(&buf, len).min(64);
+        if found == 0 {
+            return;
+        }
+        self.count(Counter::BouncesKernel, found as u64);
+        let key = source_key(seg, policy);
+        let mut env = Env {
+            m: self,
+            seg,
+            key,
+            slot: 0,
+        };
+        if env.allowlisted() {
+            return;
+        }
+        env.state_or_create();
+        let storm = self.storm;
+        let st = self.sources.get_mut(&key).expect("created");
+        if decide::charge_bounces(st, policy, storm, found, now) == BounceVerdict::OverLimit {
+            let mut env = Env {
+                m: self,
+                seg,
+                key,
+                slot: 0,
+            };
+            env.event(event_kind::BOUNCE_LIMIT, None, now);
+            decide::ban_source(&mut env, smtp_xdp_common::ban_reason::BOUNCES, policy, now);
+        }
+    }
+}
+
+pub fn source_key(seg: &Segment, policy: &Policy) -> SourceKey {
+    let prefix = if seg.family == FAMILY_V4 {
+        policy.ipv4_prefix
+    } else {
+        policy.ipv6_prefix
+    };
+    SourceKey::masked(seg.family, &seg.src, prefix)
+}
+
+fn addr(seg: &Segment) -> std::net::IpAddr {
+    if seg.family == FAMILY_V4 {
+        std::net::IpAddr::from([seg.src[0], seg.src[1], seg.src[2], seg.src[3]])
+    } else {
+        std::net::IpAddr::from(seg.src)
+    }
+}
+
+struct Env<'a> {
+    m: &'a mut Model,
+    seg: &'a Segment,
+    key: SourceKey,
+    slot: u32,
+}
+
+impl Env<'_> {
+    fn state_or_create(&mut self) {
+        if !self.m.sources.contains_key(&self.key) {
+            self.m.sources.insert(self.key, SourceState::default());
+            self.m.count(Counter::SourcesCreated, 1);
+        }
+    }
+}
+
+impl BanEnv for Env<'_> {
+    fn ban_entry(&mut self) -> Option<Ban> {
+        self.m.bans.get(&self.key).copied()
+    }
+
+    fn store_ban(&mut self, ban: &Ban) -> bool {
+        if self.m.bans.len() >= self.m.max_bans && !self.m.bans.contains_key(&self.key) {
+            return false;
+        }
+        self.m.bans.insert(self.key, *ban);
+        true
+    }
+
+    fn event(&mut self, kind: u32, _ban: Option<&Ban>, _now: u64) {
+        self.m.events[kind as usize] += 1;
+    }
+
+    fn count(&mut self, c: Counter) {
+        self.m.count(c, 1);
+    }
+}
+
+impl SynEnv for Env<'_> {
+    fn allowlisted(&mut self) -> bool {
+        let a = addr(self.seg);
+        self.m.allow.iter().any(|n| n.contains(&a))
+    }
+
+    fn denylisted(&mut self) -> bool {
+        let a = addr(self.seg);
+        self.m.deny.iter().any(|n| n.contains(&a))
+    }
+
+    fn net_banned(&mut self, now: u64) -> bool {
+        // LPM semantics: only the longest matching prefix's entry counts.
+        let a = addr(self.seg);
+        self.m
+            .banned_nets
+            .iter()
+            .filter(|(n, _)| n.contains(&a))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .is_some_and(|(_, b)| bans::is_active(b, now))
+    }
+
+    fn note_banned_syn(&mut self, now: u64) {
+        if let Some(st) = self.m.sources.get_mut(&self.key) {
+            st.syns += 1;
+            st.drops += 1;
+            st.last_seen = now;
+        }
+    }
+
+    fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
+        self.state_or_create();
+        let st = self.m.sources.get_mut(&self.key).expect("created");
+        st.syns += 1;
+        st.last_seen = now;
+        match gcra.admit(st.syn_tat, now) {
+            Some(t) => {
+                st.syn_tat = t;
+                RateOutcome::Admitted
+            }
+            None => {
+                st.drops += 1;
+                RateOutcome::Rejected(bans::record_rate_drop(st, now, policy))
+            }
+        }
+    }
+
+    fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool {
+        let tat = &mut self.m.global[self.slot as usize];
+        match gcra.admit(*tat, now) {
+            Some(t) => {
+                *tat = t;
+                true
+            }
+            None => false,
+        }
+    }
+}
