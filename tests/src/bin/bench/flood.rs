@@ -405,12 +405,7 @@ pub fn legit_under_attack(report: &mut Report, quick: bool) -> Vec<(Defence, Vec
     let _ = writeln!(md);
     let _ = writeln!(md, "|---:|{}", "---:|".repeat(series.len()));
     for (i, &rate) in rates.iter().enumerate() {
-        let label = if rate == u64::MAX {
-            "max".to_string()
-        } else {
-            rate.to_string()
-        };
-        let _ = write!(md, "| {label} |");
+        let _ = write!(md, "| {rate} |");
         for (_, pts) in &series {
             let _ = write!(md, " {:.0} |", pts[i].1);
         }

@@ -68,9 +68,7 @@ fn main() {
             .1
             .iter()
             .map(|(r, _)| {
-                if *r == u64::MAX {
-                    "max".into()
-                } else if *r >= 1000 {
+                if *r >= 1000 {
                     format!("{}k", r / 1000)
                 } else {
                     r.to_string()
