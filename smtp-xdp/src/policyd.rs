@@ -449,6 +449,7 @@ pub fn record_bounce(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
     use std::sync::{
         atomic::{AtomicU64, Ordering},
         Mutex,
@@ -556,6 +557,32 @@ mod tests {
             (out.as_str(), seen.len(), errors),
             ("action=DUNNO\n\n", 0, 1)
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends: no panic, and only whole, well-formed answers come back.
+        #[test]
+        fn never_panics_and_answers_whole(
+            chunks in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+                    "[a-z_]{1,12}=[ -~]{0,40}\n".prop_map(String::into_bytes),
+                    proptest::strategy::Just(b"request=smtpd_access_policy\nsender=\nclient_address=198.18.0.1\n\n".to_vec()),
+                    proptest::strategy::Just(b"\n".to_vec()),
+                ],
+                0..20,
+            )
+        ) {
+            let input: Vec<u8> = chunks.concat();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (out, seen, _errors) = rt.block_on(exchange(&input));
+            // Every handled request got an answer (unknown request types get DUNNO on top).
+            proptest::prop_assert!(out.matches("\n\n").count() >= seen.len());
+            proptest::prop_assert!(out.is_empty() || out.ends_with("\n\n"));
+            for a in out.split_terminator("\n\n") {
+                proptest::prop_assert!(a == "action=DUNNO" || a == format!("action={DEFER_TEXT}"), "{a:?}");
+            }
+        }
     }
 
     #[test]
