@@ -105,3 +105,25 @@ fn listeners_default_to_loopback_or_off() {
     assert_eq!(s.metrics_listen.unwrap().to_string(), "127.0.0.1:9925");
     assert_eq!(s.policy_listen, None);
 }
+
+#[test]
+fn policy_service_on_a_root_only_unix_socket() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let sock = lab.path("policy.sock");
+    let listen = format!("unix:{}", sock.display());
+    let pid = lab.start_controller(&["--policy-listen", &listen]);
+    assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ns.sendall(b'request=smtpd_access_policy\\nprotocol_state=RCPT\\nsender=alice@example.net\\nclient_address=198.18.0.5\\n\\n')\nprint(s.recv(100).decode(), end='')\n",
+        sock.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &py])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "action=DUNNO\n\n");
+    assert_eq!(smtp_xdp_tests::stat(&lab.server_if, "policy_requests"), 1);
+    signal(pid, libc::SIGTERM);
+    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+}
