@@ -276,6 +276,48 @@ impl Lab {
         panic!("controller did not attach in 20s:\n{}", self.log(&log));
     }
 
+    /// Stops a controller with SIGTERM and requires a clean exit (code 0).
+    pub fn stop_controller(&mut self, pid: u32) {
+        signal(pid, libc::SIGTERM);
+        let code = self.wait_exit(pid, Duration::from_secs(10));
+        assert_eq!(
+            code,
+            Some(0),
+            "controller did not stop cleanly:\n{}",
+            self.controller_log()
+        );
+    }
+
+    /// Whether an XDP program is attached to the server veth.
+    pub fn xdp_attached(&self) -> bool {
+        let o = self.exec_server(&["ip", "link", "show", &self.server_if]);
+        String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+    }
+
+    /// Runs `smtp-xdp run` on the server veth (through `wrapper`, e.g. setpriv) expecting it to
+    /// fail; returns its error output.
+    pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
+        let bin = crate::smtp_xdp_bin();
+        let mut all = wrapper.to_vec();
+        all.extend([
+            bin.to_str().unwrap(),
+            "run",
+            "--iface",
+            &self.server_if,
+            "--metrics-listen",
+            "off",
+        ]);
+        all.extend_from_slice(args);
+        let out = Self::in_net(&self.server_ns, &all)
+            .output()
+            .expect("run smtp-xdp");
+        assert!(
+            !out.status.success(),
+            "smtp-xdp run {args:?} was expected to fail"
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
     /// The log of the `n`-th process started with [`Lab::start_controller`] or [`Lab::spawn`].
     pub fn controller_log(&self) -> String {
         let mut all = String::new();

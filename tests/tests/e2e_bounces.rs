@@ -5,11 +5,7 @@
 
 use std::time::Duration;
 
-use smtp_xdp_tests::{
-    lab::{signal, Lab},
-    postfix::Postfix,
-    require_bpf, stat,
-};
+use smtp_xdp_tests::{lab::Lab, postfix::Postfix, require_bpf, stat};
 
 const POLICY: &str = "127.0.0.1:10040";
 
@@ -101,8 +97,7 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
     );
 
     // Phase 2: the policy service is down; plaintext bounces are counted by the kernel alone.
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
     let pid = lab.start_controller(&limits);
     let plain = ["--from", "<>", "--timeout", "3"];
     let mut outcomes = Vec::new();
@@ -131,6 +126,5 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
         lab.controller_log().contains("source banned"),
         "ban events logged"
     );
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }

@@ -20,14 +20,6 @@ use smtp_xdp_tests::{
     require_bpf, smtp_xdp_bin,
 };
 
-fn attached(lab: &Lab) -> bool {
-    String::from_utf8_lossy(
-        &lab.exec_server(&["ip", "link", "show", &lab.server_if])
-            .stdout,
-    )
-    .contains("prog/xdp")
-}
-
 fn deny_count(lab: &Lab) -> usize {
     Maps::open(&pins::dir(&lab.server_if))
         .unwrap()
@@ -66,15 +58,9 @@ fn a_start_killed_at_any_point_never_blocks_the_next() {
         signal(pid, libc::SIGKILL);
         lab.wait_exit(pid, Duration::from_secs(5));
         let pid = lab.start_controller(&[]);
-        assert!(attached(&lab), "after a start killed at {delay} ms");
-        signal(pid, libc::SIGTERM);
-        assert_eq!(
-            lab.wait_exit(pid, Duration::from_secs(10)),
-            Some(0),
-            "{}",
-            lab.controller_log()
-        );
-        assert!(!attached(&lab));
+        assert!(lab.xdp_attached(), "after a start killed at {delay} ms");
+        lab.stop_controller(pid);
+        assert!(!lab.xdp_attached());
     }
 }
 
@@ -100,7 +86,7 @@ fn an_adoption_killed_at_any_point_keeps_the_state_and_the_program() {
         signal(pid, libc::SIGKILL);
         lab.wait_exit(pid, Duration::from_secs(5));
         assert!(
-            attached(&lab),
+            lab.xdp_attached(),
             "the pinned program stays attached (kill at {delay} ms)"
         );
         let bans = Maps::open(&pins::dir(&iface))
@@ -112,8 +98,7 @@ fn an_adoption_killed_at_any_point_keeps_the_state_and_the_program() {
     }
     let pid = lab.start_controller(&[]);
     assert!(lab.controller_log().contains("adopted the running program"));
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }
 
 #[test]
@@ -170,8 +155,7 @@ fn a_list_import_killed_half_way_leaves_the_old_list_or_the_new() {
         seen.contains(&2),
         "no load was interrupted: the test proved nothing"
     );
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }
 
 #[test]
@@ -199,8 +183,7 @@ fn a_reload_killed_at_once_leaves_the_old_policy_or_the_new() {
             "round {round}: a mixed policy {pair:?}"
         );
         let pid = lab.start_controller(&["--config", cfg.to_str().unwrap()]);
-        signal(pid, libc::SIGTERM);
-        lab.wait_exit(pid, Duration::from_secs(10));
+        lab.stop_controller(pid);
     }
 }
 

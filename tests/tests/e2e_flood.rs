@@ -3,11 +3,7 @@
 
 use std::time::Duration;
 
-use smtp_xdp_tests::{
-    lab::{signal, Lab},
-    postfix::Postfix,
-    require_bpf, stat,
-};
+use smtp_xdp_tests::{lab::Lab, postfix::Postfix, require_bpf, stat};
 
 #[test]
 fn flood_is_dropped_and_legitimate_mail_flows() {
@@ -60,17 +56,7 @@ fn flood_is_dropped_and_legitimate_mail_flows() {
     assert_eq!(pf.accepted_from(&flooder), 0);
 
     // A clean stop detaches and removes the pins.
-    signal(pid, libc::SIGTERM);
-    assert_eq!(
-        lab.wait_exit(pid, Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        lab.controller_log()
-    );
-    let link = lab.exec_server(&["ip", "link", "show", &iface]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "still attached"
-    );
+    lab.stop_controller(pid);
+    assert!(!lab.xdp_attached(), "still attached");
     assert!(!smtp_xdp::pins::dir(&iface).exists(), "pins left behind");
 }

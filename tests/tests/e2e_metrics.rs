@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, io::Write as _, process::Command, time::Duration};
 
 use smtp_xdp_tests::{
-    lab::{sh, signal, wait_for, Lab},
+    lab::{sh, wait_for, Lab},
     require_bpf,
 };
 
@@ -216,6 +216,5 @@ fn prometheus_scrapes_the_exporter_during_a_flood() {
     assert_eq!(events.len(), 1, "{log}");
     assert_eq!(events[0]["source"], format!("{flooder}/32"));
     assert_eq!(events[0]["level"], "INFO");
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }

@@ -24,11 +24,6 @@ fn bans(lab: &Lab) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn attached(lab: &Lab) -> bool {
-    let o = lab.exec_server(&["ip", "link", "show", &lab.server_if]);
-    String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
-}
-
 #[test]
 fn kill_9_mid_flood_keeps_enforcing_and_a_restart_adopts_the_state() {
     require_bpf!();
@@ -61,7 +56,10 @@ fn kill_9_mid_flood_keeps_enforcing_and_a_restart_adopts_the_state() {
         );
         f.join().unwrap()
     });
-    assert!(attached(&lab), "the pinned link keeps the program attached");
+    assert!(
+        lab.xdp_attached(),
+        "the pinned link keeps the program attached"
+    );
     assert_eq!(flood.sent, 8000);
     assert!(flood.received <= 4, "{} SYNs got through", flood.received);
     let before = drops(&iface);
@@ -84,9 +82,8 @@ fn kill_9_mid_flood_keeps_enforcing_and_a_restart_adopts_the_state() {
     );
     let f = lab.flood(&flooder, 25, 20, 1000);
     assert_eq!(f.received, 0, "still banned");
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
-    assert!(!attached(&lab));
+    lab.stop_controller(pid);
+    assert!(!lab.xdp_attached());
 }
 
 #[test]
@@ -110,9 +107,8 @@ fn keep_attached_restart_then_reboot_restores_bans_and_lists() {
     ok(&["deny", "add", "198.51.100.0/24", "2001:db8:bad::/48"]);
 
     // An upgrade: stop with --keep-attached semantics by restarting a keep-attached controller.
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
-    assert!(!attached(&lab), "a plain stop detaches");
+    lab.stop_controller(pid);
+    assert!(!lab.xdp_attached(), "a plain stop detaches");
     let state = lab.path("state").join(format!("{iface}.state.json"));
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(
@@ -141,15 +137,13 @@ fn keep_attached_restart_then_reboot_restores_bans_and_lists() {
     assert_eq!(String::from_utf8_lossy(&allow.stdout), "192.0.2.10/32\n");
 
     // --keep-attached: the stop leaves the program and the pins in place (no gap for an upgrade).
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
-    assert!(attached(&lab), "kept attached");
+    lab.stop_controller(pid);
+    assert!(lab.xdp_attached(), "kept attached");
     assert!(smtp_xdp::pins::dir(&iface).join("link").exists());
     let pid = lab.start_controller(&[]);
     assert!(lab.controller_log().contains("adopted the running program"));
     assert_eq!(bans(&lab)[0]["target"], "203.0.113.0/24");
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }
 
 #[test]
@@ -198,8 +192,7 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one() {
         None,
         "still running"
     );
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }
 
 #[test]
@@ -216,21 +209,7 @@ fn a_foreign_map_layout_is_refused_and_fresh_starts_clean() {
     meta.layout = 999;
     maps.set_meta(&meta).unwrap();
     drop(maps);
-    let out = Lab::in_net(
-        &lab.server_ns,
-        &[
-            smtp_xdp_tests::smtp_xdp_bin().to_str().unwrap(),
-            "run",
-            "--iface",
-            &iface,
-            "--metrics-listen",
-            "off",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = lab.run_controller_failing(&[], &[]);
     assert!(
         err.contains(&format!(
             "has map layout 999, this build uses {}",
@@ -239,8 +218,7 @@ fn a_foreign_map_layout_is_refused_and_fresh_starts_clean() {
         "{err}"
     );
     let pid = lab.start_controller(&["--fresh"]);
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }
 
 #[test]

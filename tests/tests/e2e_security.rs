@@ -4,10 +4,7 @@
 
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
-use smtp_xdp_tests::{
-    lab::{signal, Lab},
-    require_bpf, stat,
-};
+use smtp_xdp_tests::{lab::Lab, require_bpf, stat};
 
 const CAPS: &str = "-all,+bpf,+net_admin,+perfmon";
 
@@ -65,13 +62,11 @@ fn runs_with_the_least_capabilities_of_the_systemd_unit() {
         std::fs::metadata(lab.path("state")).unwrap().mode() & 0o777,
         0o700
     );
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 
     // Without CAP_BPF the start fails with an error that names the problem.
     let no_bpf = "-all,+net_admin,+perfmon";
-    let out = Lab::in_net(
-        &lab.server_ns,
+    let err = lab.run_controller_failing(
         &[
             "setpriv",
             "--bounding-set",
@@ -81,18 +76,9 @@ fn runs_with_the_least_capabilities_of_the_systemd_unit() {
             "--ambient-caps",
             no_bpf,
             "--",
-            smtp_xdp_tests::smtp_xdp_bin().to_str().unwrap(),
-            "run",
-            "--iface",
-            &lab.server_if,
-            "--metrics-listen",
-            "off",
         ],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        &[],
+    );
     assert!(
         err.contains("smtp-xdp: error:") && err.contains("Operation not permitted"),
         "{err}"
@@ -124,6 +110,5 @@ fn policy_service_on_a_root_only_unix_socket() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "action=DUNNO\n\n");
     assert_eq!(smtp_xdp_tests::stat(&lab.server_if, "policy_requests"), 1);
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(10)), Some(0));
+    lab.stop_controller(pid);
 }

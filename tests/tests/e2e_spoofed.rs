@@ -5,10 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use smtp_xdp_tests::{
-    lab::{signal, Lab},
-    require_bpf, stats_json,
-};
+use smtp_xdp_tests::{lab::Lab, require_bpf, stats_json};
 
 /// An echo server on port 25 in the server namespace.
 const ECHO: &str = "import socket,threading
@@ -151,6 +148,5 @@ fn ten_million_spoofed_sources() {
     // Nothing lost to a full table: every SYN was decided, and the allowlisted SYNs counted apart.
     assert!(c["syn_allowlisted"].as_u64().unwrap() >= 5);
     assert_eq!(c["source_insert_failed"].as_u64().unwrap(), 0);
-    signal(pid, libc::SIGTERM);
-    assert_eq!(lab.wait_exit(pid, Duration::from_secs(20)), Some(0));
+    lab.stop_controller(pid);
 }
