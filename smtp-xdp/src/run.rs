@@ -381,6 +381,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         tasks.spawn(forward_kernel_log(logger));
     }
     tasks.spawn(census_loop(shared.clone()));
+    tasks.spawn(sweep_loop(shared.clone()));
     if let Some(listen) = settings.metrics_listen.clone() {
         let s = shared.clone();
         let registry = Arc::new(metrics::registry(Arc::new(move || s.view())));
@@ -404,7 +405,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut storm = StormWatch::new();
     let mut last_save = Instant::now();
-    let mut last_sweep = Instant::now() - Duration::from_secs(60);
     let exit = loop {
         tokio::select! {
             _ = term.recv() => break 0,
@@ -415,7 +415,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
                     tracing::error!(iface, "the interface disappeared and its XDP program with it; removing the pins and exiting");
                     break EXIT_IFACE_GONE;
                 }
-                housekeeping(&shared, &mut storm, &mut last_sweep);
+                housekeeping(&shared, &mut storm);
                 let interval = shared.settings.read().map(|s| s.save_interval.as_std()).unwrap_or(Duration::from_secs(60));
                 if last_save.elapsed() >= interval {
                     last_save = Instant::now();
@@ -538,11 +538,11 @@ fn reload(shared: &Shared, opts: &RunOptions) {
     }
 }
 
-fn housekeeping(shared: &Shared, storm: &mut StormWatch, last_sweep: &mut Instant) {
+/// Once a second: storm detection from the bounce totals.
+fn housekeeping(shared: &Shared, storm: &mut StormWatch) {
     let Ok(mut maps) = shared.maps.lock() else {
         return;
     };
-    let now = clock::boot_ns();
     let settings = shared
         .settings
         .read()
@@ -574,23 +574,35 @@ fn housekeeping(shared: &Shared, storm: &mut StormWatch, last_sweep: &mut Instan
             }
         }
     }
-    if last_sweep.elapsed() >= Duration::from_secs(10) {
-        *last_sweep = Instant::now();
-        let memory = maps.policy().ok().flatten().map_or(0, |p| p.ban_memory_ns);
-        match maps.sweep_bans(now, memory, shared.bans_capacity as u32) {
-            Ok(n) if n > 0 => {
-                let _ = maps.add_user_counter(UserCounter::BansExpired, n);
-                tracing::debug!(removed = n, "expired bans swept");
+}
+
+/// Sweeps expired bans and counts the penalty box every 10 s, on a blocking thread with its own
+/// map handles: walking up to max-bans entries never holds the lock the policy service needs.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<(), crate::maps::MapsError> {
+            let mut maps = Maps::open(&s.dir)?;
+            let now = clock::boot_ns();
+            let memory = maps.policy()?.map_or(0, |p| p.ban_memory_ns);
+            let removed = maps.sweep_bans(now, memory, s.bans_capacity as u32)?;
+            if removed > 0 {
+                maps.add_user_counter(UserCounter::BansExpired, removed)?;
+                tracing::debug!(removed, "expired bans swept");
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sweeping bans failed"),
-        }
-        if let Ok(snap) = Snapshot::read(&maps, now, true) {
-            if let Ok(mut c) = shared.cache.lock() {
+            let snap = Snapshot::read(&maps, now, true)?;
+            if let Ok(mut c) = s.cache.lock() {
                 c.bans_active_sources = snap.bans_active_sources;
                 c.bans_active_nets = snap.bans_active_nets;
                 c.bans_stored = snap.bans_stored;
             }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "sweeping bans failed");
         }
     }
 }

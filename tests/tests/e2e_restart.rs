@@ -238,3 +238,21 @@ fn a_removed_interface_is_noticed() {
     assert!(lab.controller_log().contains("the interface disappeared"));
     assert!(!smtp_xdp::pins::dir(&iface).exists(), "pins removed");
 }
+
+#[test]
+fn the_controller_sweeps_expired_bans() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let pid = lab.start_controller(&[]);
+    assert!(lab
+        .cli(&["ban", "203.0.113.0/24", "--for", "1s", "--iface", &iface])
+        .status
+        .success());
+    assert_eq!(bans(&lab).as_array().unwrap().len(), 1);
+    wait_for(Duration::from_secs(15), "the expired ban swept", || {
+        bans(&lab).as_array().unwrap().is_empty()
+    });
+    assert_eq!(stat(&iface, "bans_expired"), 1);
+    lab.stop_controller(pid);
+}
