@@ -29,8 +29,8 @@ use smtp_xdp_common::{
     event_kind,
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
-    port_flags, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey, SourceState,
-    DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
+    port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
+    SourceState, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
     MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
 };
 
@@ -171,6 +171,15 @@ fn live(what: u32) -> u32 {
     }
 }
 
+/// Which tries hold entries; all of them if the word is unreadable (never skip by mistake).
+#[inline(always)]
+fn present_tries() -> u32 {
+    match SELECT.get(select::PRESENT) {
+        Some(&p) => p,
+        None => u32::MAX,
+    }
+}
+
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: a helper without arguments.
@@ -228,6 +237,8 @@ fn gcra_shared(tat: *mut u64, gcra: &Gcra, now: u64) -> bool {
 struct KernelEnv<'a> {
     ctx: &'a XdpContext,
     seg: &'a Segment,
+    /// `present` bits: which tries hold entries.
+    present: u32,
     key: SourceKey,
     slot: u32,
 }
@@ -329,6 +340,9 @@ impl BanEnv for KernelEnv<'_> {
 impl SynEnv for KernelEnv<'_> {
     #[inline(always)]
     fn allowlisted(&mut self) -> bool {
+        if self.present & present::ALLOW == 0 {
+            return false;
+        }
         let b = live(select::ALLOW) == 1;
         match (self.is_v4(), b) {
             (true, false) => ALLOW_V4_A.get(self.v4()).is_some(),
@@ -340,6 +354,9 @@ impl SynEnv for KernelEnv<'_> {
 
     #[inline(always)]
     fn denylisted(&mut self) -> bool {
+        if self.present & present::DENY == 0 {
+            return false;
+        }
         let b = live(select::DENY) == 1;
         match (self.is_v4(), b) {
             (true, false) => DENY_V4_A.get(self.v4()).is_some(),
@@ -351,6 +368,9 @@ impl SynEnv for KernelEnv<'_> {
 
     #[inline(always)]
     fn net_banned(&mut self, now: u64) -> bool {
+        if self.present & present::BANNED_NETS == 0 {
+            return false;
+        }
         let ban = if self.is_v4() {
             BANNED_NETS_V4.get(self.v4())
         } else {
@@ -415,6 +435,7 @@ fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Count
     let mut env = KernelEnv {
         ctx,
         seg,
+        present: present_tries(),
         key: source_key(seg, policy),
         slot,
     };
@@ -433,16 +454,18 @@ fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Count
     (counter, action)
 }
 
-/// One `bpf_loop` step: is there a null-sender command at `index`?
+/// One `bpf_loop` step: null-sender commands after line feeds in 8-byte word `index`.
 extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(area) = SCAN_BUF.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: the per-CPU scan area, filled by `on_payload` on this CPU just before.
     unsafe {
-        if bounce::null_sender_at(&(*area).bytes, (*area).len as usize, index as usize) {
-            (*area).found += 1;
-        }
+        (*area).found += bounce::count_after_newlines_in_word(
+            &(*area).bytes,
+            (*area).len as usize,
+            index as usize,
+        ) as u64;
     }
     0
 }
@@ -471,17 +494,20 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     if loaded != 0 {
         return;
     }
-    // SAFETY: the per-CPU scan area; `scan_step` is a static function.
+    // SAFETY: the per-CPU scan area; `scan_step` is a static function. `found` is written and
+    // read back with volatile accesses: LLVM cannot see that the helper's callback updates it,
+    // and would otherwise forward the value stored before the call.
     let found = unsafe {
         (*area).len = len as u64;
-        (*area).found = 0;
+        core::ptr::write_volatile(&raw mut (*area).found, 0);
         bpf_loop(
-            len as u32,
+            len.div_ceil(8) as u32,
             scan_step as *mut c_void,
             core::ptr::null_mut(),
             0,
         );
-        (*area).found
+        let after_newlines = core::ptr::read_volatile(&raw const (*area).found);
+        after_newlines + bounce::null_sender_at(&(*area).bytes, len, 0) as u64
     };
     if found == 0 {
         return;
@@ -496,6 +522,7 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     let mut env = KernelEnv {
         ctx,
         seg,
+        present: present_tries(),
         key: source_key(seg, policy),
         slot: 0,
     };

@@ -337,7 +337,8 @@ fn ban(target: &Target, net: &str, duration: &str) -> anyhow::Result<i32> {
     if d.0 == 0 {
         bail!("invalid duration {duration:?}: a ban must last longer than 0s");
     }
-    let (_, mut maps) = open(target)?;
+    let (iface, mut maps) = open(target)?;
+    let _lock = pins::lists_lock(&iface)?;
     let now = clock::boot_ns();
     let b = Ban {
         until: now.saturating_add(d.0),
@@ -356,7 +357,8 @@ fn ban(target: &Target, net: &str, duration: &str) -> anyhow::Result<i32> {
 
 fn unban(target: &Target, net: &str) -> anyhow::Result<i32> {
     let net = units::parse_net(net)?;
-    let (_, mut maps) = open(target)?;
+    let (iface, mut maps) = open(target)?;
+    let _lock = pins::lists_lock(&iface)?;
     let mut lifted = maps.unban_net(&net)?;
     if let Some(policy) = maps.policy()? {
         let key = addr_key(net.network(), &policy);
@@ -389,7 +391,7 @@ fn list_cmd(list: List, op: ListOp) -> anyhow::Result<i32> {
         ListOp::Load { file, target } => {
             let entries = lists::read(&file)?;
             let (iface, mut maps) = open(&target)?;
-            let _lock = pins::lock(&iface, "lists")?;
+            let _lock = pins::lists_lock(&iface)?;
             let start = std::time::Instant::now();
             maps.list_replace(list, &entries)?;
             println!(
@@ -411,7 +413,7 @@ fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::Resu
         .map(|n| units::parse_net(n))
         .collect::<Result<Vec<_>, _>>()?;
     let (iface, mut maps) = open(target)?;
-    let _lock = pins::lock(&iface, "lists")?;
+    let _lock = pins::lists_lock(&iface)?;
     for net in &parsed {
         let changed = maps.list_edit(list, net, add)?;
         match (add, changed) {

@@ -13,8 +13,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_xdp_common::{
-    names, port_flags, select, Ban, Counter, Meta, Policy, PortStats, SourceKey, SourceState,
-    UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
+    names, port_flags, present, select, Ban, Counter, Meta, Policy, PortStats, SourceKey,
+    SourceState, UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
 };
 use thiserror::Error;
 
@@ -60,6 +60,13 @@ impl List {
         match self {
             List::Allow => select::ALLOW,
             List::Deny => select::DENY,
+        }
+    }
+
+    fn present_bit(self) -> u32 {
+        match self {
+            List::Allow => present::ALLOW,
+            List::Deny => present::DENY,
         }
     }
 }
@@ -308,6 +315,43 @@ impl Maps {
         self.meta.set(0, *meta, 0).map_err(map_err(names::META))
     }
 
+    // --- which tries hold entries -------------------------------------------------------------
+
+    /// The `present` bits the kernel reads to skip empty tries.
+    pub fn present(&self) -> Result<u32> {
+        self.select
+            .get(&select::PRESENT, 0)
+            .map_err(map_err(names::SELECT))
+    }
+
+    fn set_present(&mut self, bit: u32, on: bool) -> Result<()> {
+        let cur = self.present()?;
+        let new = if on { cur | bit } else { cur & !bit };
+        if new != cur {
+            self.select
+                .set(select::PRESENT, new, 0)
+                .map_err(map_err(names::SELECT))?;
+        }
+        Ok(())
+    }
+
+    /// Clears `bit` when both tries are empty (after a removal).
+    fn refresh_present(&mut self, bit: u32, empty: bool) -> Result<()> {
+        if empty {
+            self.set_present(bit, false)?;
+        }
+        Ok(())
+    }
+
+    fn list_empty(&self, list: List, copy: usize) -> bool {
+        let c = self.list_copy(list, copy);
+        c.v4.keys().next().is_none() && c.v6.keys().next().is_none()
+    }
+
+    fn banned_nets_empty(&self) -> bool {
+        self.banned_nets_v4.keys().next().is_none() && self.banned_nets_v6.keys().next().is_none()
+    }
+
     // --- lists -------------------------------------------------------------------------------
 
     fn list_copy(&self, list: List, copy: usize) -> &ListCopy {
@@ -341,8 +385,12 @@ impl Maps {
     }
 
     /// Adds (or removes) one entry in the live copy: a single map update, atomic by itself.
+    /// Writers hold the lists lock (`pins::lists_lock`) so the `present` bits stay exact.
     pub fn list_edit(&mut self, list: List, net: &IpNet, add: bool) -> Result<bool> {
         let live = self.live(list.select_index())?;
+        if add {
+            self.set_present(list.present_bit(), true)?;
+        }
         let copy = self.list_copy_mut(list, live);
         let r = match net {
             IpNet::V4(n) => {
@@ -362,7 +410,12 @@ impl Maps {
                 }
             }
         };
-        r.map_err(|e| list_full(list, e))
+        let changed = r.map_err(|e| list_full(list, e))?;
+        if !add {
+            let empty = self.list_empty(list, live);
+            self.refresh_present(list.present_bit(), empty)?;
+        }
+        Ok(changed)
     }
 
     /// Replaces `list` with `entries` as a whole: fills the idle copy, then flips the selector.
@@ -383,9 +436,13 @@ impl Maps {
                     .map_err(|e| list_full(list, e))?,
             }
         }
+        if !entries.is_empty() {
+            self.set_present(list.present_bit(), true)?;
+        }
         self.select
             .set(list.select_index(), idle as u32, 0)
             .map_err(map_err(names::SELECT))?;
+        self.refresh_present(list.present_bit(), entries.is_empty())?;
         // The old copy is idle now; empty it to give its memory back.
         self.list_clear(list, 1 - idle)
     }
@@ -434,6 +491,7 @@ impl Maps {
 
     /// Bans a network (or single address) by hand until `ban.until`.
     pub fn ban_net(&mut self, net: &IpNet, ban: &Ban) -> Result<()> {
+        self.set_present(present::BANNED_NETS, true)?;
         match net {
             IpNet::V4(n) => self.banned_nets_v4.insert(
                 &Key::new(n.prefix_len() as u32, n.network().octets()),
@@ -451,6 +509,13 @@ impl Maps {
 
     /// Removes a manual network ban with exactly this prefix; true if there was one.
     pub fn unban_net(&mut self, net: &IpNet) -> Result<bool> {
+        let removed = self.remove_net_ban(net)?;
+        let empty = self.banned_nets_empty();
+        self.refresh_present(present::BANNED_NETS, empty)?;
+        Ok(removed)
+    }
+
+    fn remove_net_ban(&mut self, net: &IpNet) -> Result<bool> {
         match net {
             IpNet::V4(n) => remove_existing(
                 self.banned_nets_v4
@@ -472,7 +537,8 @@ impl Maps {
         remove_existing(self.bans.remove(key)).map_err(map_err(names::BANS))
     }
 
-    /// Removes bans that are over: manual network bans at expiry, per-source bans once their
+    /// Removes bans that are over (under the lists lock, like every writer of the tries):
+    /// manual network bans at expiry, per-source bans once their
     /// escalation memory ran out too (or at expiry when the map is filling up). Returns how many.
     pub fn sweep_bans(&mut self, now: u64, memory_ns: u64, capacity: u32) -> Result<u64> {
         let mut removed = 0;
@@ -496,11 +562,13 @@ impl Maps {
                 continue;
             }
             let gone = match &e.target {
-                BanTarget::Net(n) => self.unban_net(n)?,
+                BanTarget::Net(n) => self.remove_net_ban(n)?,
                 BanTarget::Source(k) => self.unban_source(k)?,
             };
             removed += gone as u64;
         }
+        let empty = self.banned_nets_empty();
+        self.refresh_present(present::BANNED_NETS, empty)?;
         Ok(removed)
     }
 

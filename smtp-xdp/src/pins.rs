@@ -217,6 +217,20 @@ pub fn lock(iface: &str, what: &str) -> Result<Lock, PinError> {
     Ok(Lock { _file: file, path })
 }
 
+/// The lock every writer of the lists and manual bans holds, so that list replacements and the
+/// kernel's `present` bits are never updated by two processes at once. Waits up to 10 s.
+pub fn lists_lock(iface: &str) -> Result<Lock, PinError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match lock(iface, "lists") {
+            Err(PinError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The pid of the controller holding `iface`'s daemon lock, if one runs.
 pub fn daemon_pid(iface: &str) -> Option<u32> {
     let path = Path::new(RUN_DIR).join(format!("{iface}.daemon.lock"));

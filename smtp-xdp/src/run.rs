@@ -305,6 +305,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     maps.set_policy(&settings.policy())?;
     let state_path = crate::state::path(&settings.state_dir, &iface);
     if adopted.is_none() {
+        let _lists = pins::lists_lock(&iface)?;
         restore_state(&mut maps, &state_path)?;
     }
     let now = clock::boot_ns();
@@ -583,7 +584,8 @@ async fn sweep_loop(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let s = shared.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<(), crate::maps::MapsError> {
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let _lists = pins::lists_lock(&s.iface)?;
             let mut maps = Maps::open(&s.dir)?;
             let now = clock::boot_ns();
             let memory = maps.policy()?.map_or(0, |p| p.ban_memory_ns);

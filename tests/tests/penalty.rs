@@ -284,3 +284,55 @@ fn a_full_penalty_box_is_counted_and_reported_through_aya_log() {
         "WARN penalty box full: a ban was not stored (raise --max-bans)"
     );
 }
+
+#[test]
+fn empty_tries_are_skipped_and_never_skipped_when_filled() {
+    require_bpf!();
+    use smtp_xdp_common::present;
+    let mut k = Kernel::load(&slow_settings(100));
+    assert_eq!(k.maps.present().unwrap(), 0, "fresh: nothing to look up");
+    k.maps
+        .list_edit(List::Deny, &net("198.18.37.0/24"), true)
+        .unwrap();
+    assert_eq!(k.maps.present().unwrap(), present::DENY);
+    assert_eq!(k.run(&syn("198.18.37.1")), XDP_DROP);
+    k.maps
+        .list_edit(List::Allow, &net("2001:db8:37::/48"), true)
+        .unwrap();
+    k.maps
+        .list_edit(List::Deny, &net("2001:db8:37::/32"), true)
+        .unwrap();
+    assert_eq!(k.run(&syn("2001:db8:37::1")), XDP_PASS, "allow wins");
+    k.maps
+        .list_edit(List::Deny, &net("198.18.37.0/24"), false)
+        .unwrap();
+    assert_eq!(
+        k.maps.present().unwrap(),
+        present::DENY | present::ALLOW,
+        "one IPv6 deny entry left"
+    );
+    k.maps
+        .list_edit(List::Deny, &net("2001:db8:37::/32"), false)
+        .unwrap();
+    assert_eq!(k.maps.present().unwrap(), present::ALLOW);
+    assert_eq!(k.run(&syn("198.18.37.1")), XDP_PASS);
+    k.maps.list_replace(List::Allow, &[]).unwrap();
+    assert_eq!(k.maps.present().unwrap(), 0);
+    let now = clock::boot_ns();
+    k.maps
+        .ban_net(
+            &net("198.18.38.0/24"),
+            &Ban {
+                until: now + 200_000_000,
+                since: now,
+                level: 0,
+                reason: ban_reason::MANUAL,
+            },
+        )
+        .unwrap();
+    assert_eq!(k.maps.present().unwrap(), present::BANNED_NETS);
+    assert_eq!(k.run(&syn("198.18.38.9")), XDP_DROP);
+    std::thread::sleep(Duration::from_millis(250));
+    k.maps.sweep_bans(clock::boot_ns(), 0, 1024).unwrap();
+    assert_eq!(k.maps.present().unwrap(), 0, "swept to empty");
+}
