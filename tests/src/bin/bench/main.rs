@@ -61,6 +61,10 @@ fn main() {
         eprintln!("bench: 3. flood drop cost");
         flood::flood_capacity(&mut report, quick);
     }
+    if run("driver") {
+        eprintln!("bench: 3b. flood drop cost on the driver path");
+        flood::driver_path(&mut report, quick);
+    }
     if run("legit") {
         eprintln!("bench: 4. legitimate mail under attack");
         let series = flood::legit_under_attack(&mut report, quick);
