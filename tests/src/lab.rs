@@ -456,6 +456,24 @@ impl Default for Lab {
     }
 }
 
+/// A temporary directory removed on drop (also when the test fails).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("smtp-xdp-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Sends a signal to a process.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid we started.
@@ -492,9 +510,14 @@ impl Drop for Lab {
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        // Pins of a controller that was killed rather than stopped.
+        // Pins of a controller that was killed rather than stopped, and its lock files.
         let pins = Path::new(smtp_xdp::pins::PIN_ROOT).join(&self.server_if);
         let _ = smtp_xdp::pins::remove(&pins);
+        for what in ["daemon", "lists"] {
+            let _ = std::fs::remove_file(
+                Path::new(smtp_xdp::pins::RUN_DIR).join(format!("{}.{what}.lock", self.server_if)),
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

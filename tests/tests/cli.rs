@@ -69,9 +69,8 @@ fn bad_run_arguments_are_refused_in_one_line() {
 #[test]
 fn broken_config_file_names_file_line_and_key() {
     require_bpf!();
-    let dir = std::env::temp_dir().join(format!("smtp-xdp-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("bad.toml");
+    let dir = smtp_xdp_tests::lab::TempDir::new("cli");
+    let f = dir.0.join("bad.toml");
     std::fs::write(&f, "rate = \"30/min\"\nbrust = 5\n").unwrap();
     let p = f.display().to_string();
     fails_with(
@@ -90,7 +89,6 @@ fn broken_config_file_names_file_line_and_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../smtp-xdp.example.toml");
     let o = cli(&["check-config", "--config", example]);
     assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
