@@ -60,3 +60,77 @@ fn flood_is_dropped_and_legitimate_mail_flows() {
     assert!(!lab.xdp_attached(), "still attached");
     assert!(!smtp_xdp::pins::dir(&iface).exists(), "pins left behind");
 }
+
+/// Real IPv6 traffic: two addresses of one /64 share a bucket (the default IPv6 prefix), so
+/// their connections together are limited; another /64 is not.
+#[test]
+fn ipv6_sources_are_limited_per_64() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let _pf = Postfix::start(&lab, &[]);
+    let (a, b) = (lab.client_addr6(0), lab.client_addr6(1));
+    lab.add_client_addr(&b);
+    let other = format!("2001:db8:{:x}:1::5", lab.net);
+    lab.exec_client(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{other}/64"),
+        "dev",
+        &lab.client_if,
+        "nodad",
+    ]);
+    lab.exec_client(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        &format!("2001:db8:{:x}::/48", lab.net),
+        "dev",
+        &lab.client_if,
+    ]);
+    lab.exec_server(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        &format!("2001:db8:{:x}:1::/64", lab.net),
+        "dev",
+        &lab.server_if,
+    ]);
+    let pid = lab.start_controller(&["--rate", "1/h", "--burst", "3", "--ban-threshold", "0"]);
+    let server = lab.server_addr6();
+    let send = |src: &str| -> bool {
+        Lab::in_ns(
+            &lab.client_ns,
+            &[
+                "timeout",
+                "20",
+                "swaks",
+                "-6",
+                "--server",
+                &server,
+                "--local-interface",
+                src,
+                "--to",
+                "user@example.test",
+                "--silent",
+                "2",
+                "--timeout",
+                "3",
+            ],
+        )
+        .status()
+        .is_ok_and(|s| s.success())
+    };
+    // a, b, a: the /64's burst of 3; the fourth connection from that /64 is refused.
+    assert_eq!(
+        [send(&a), send(&b), send(&a), send(&b)],
+        [true, true, true, false]
+    );
+    assert!(send(&other), "another /64 has its own bucket");
+    let s = smtp_xdp_tests::stats_json(&lab.server_if);
+    assert!(s["counters"]["drop_rate"].as_u64().unwrap() >= 1);
+    lab.stop_controller(pid);
+}

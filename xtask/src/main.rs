@@ -23,6 +23,8 @@ const TEST_PACKAGES: &[&str] = &[
     // swaks --tls needs these (only "recommended" by the swaks package).
     "libnet-ssleay-perl",
     "libio-socket-ssl-perl",
+    // swaks -6 (IPv6) needs it.
+    "libio-socket-inet6-perl",
     "hping3",
     "netsniff-ng",
     "nftables",
