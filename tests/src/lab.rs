@@ -427,13 +427,17 @@ impl Lab {
 
     /// Delivers one message with swaks from `src`; returns whether the server accepted it.
     pub fn send_mail(&self, src: &str, extra: &[&str]) -> bool {
-        let server = self.server_addr();
+        self.send_mail_to(&self.server_addr(), src, extra)
+    }
+
+    /// [`Lab::send_mail`] to a given server address (e.g. the IPv6 one, with `-6` in `extra`).
+    pub fn send_mail_to(&self, server: &str, src: &str, extra: &[&str]) -> bool {
         let mut args = vec![
             "timeout",
             "30",
             "swaks",
             "--server",
-            &server,
+            server,
             "--local-interface",
             src,
             "--to",

@@ -101,29 +101,7 @@ fn ipv6_sources_are_limited_per_64() {
     ]);
     let pid = lab.start_controller(&["--rate", "1/h", "--burst", "3", "--ban-threshold", "0"]);
     let server = lab.server_addr6();
-    let send = |src: &str| -> bool {
-        Lab::in_ns(
-            &lab.client_ns,
-            &[
-                "timeout",
-                "20",
-                "swaks",
-                "-6",
-                "--server",
-                &server,
-                "--local-interface",
-                src,
-                "--to",
-                "user@example.test",
-                "--silent",
-                "2",
-                "--timeout",
-                "3",
-            ],
-        )
-        .status()
-        .is_ok_and(|s| s.success())
-    };
+    let send = |src: &str| lab.send_mail_to(&server, src, &["-6", "--timeout", "3"]);
     // a, b, a: the /64's burst of 3; the fourth connection from that /64 is refused.
     assert_eq!(
         [send(&a), send(&b), send(&a), send(&b)],

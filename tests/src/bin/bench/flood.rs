@@ -17,6 +17,14 @@ use smtp_xdp_tests::{
 
 use crate::report::{Report, Row};
 
+/// The defences compared on raw SYN floods (Postfix's anvil only sees completed connections).
+const FIREWALLS: [Defence; 4] = [
+    Defence::None,
+    Defence::SmtpXdp,
+    Defence::Nftables,
+    Defence::Iptables,
+];
+
 /// The policy every defence implements: 30 new connections per minute per source, burst 10.
 const RATE_PER_MIN: u32 = 30;
 const BURST: u32 = 10;
@@ -218,12 +226,7 @@ pub fn flood_capacity(report: &mut Report, quick: bool) {
     let count: u64 = if quick { 20_000 } else { 400_000 };
     let runs = if quick { 1 } else { 3 };
     let mut results: Vec<(Defence, Vec<FloodRun>)> = Vec::new();
-    for d in [
-        Defence::None,
-        Defence::SmtpXdp,
-        Defence::Nftables,
-        Defence::Iptables,
-    ] {
+    for d in FIREWALLS {
         let mut v = Vec::new();
         for _ in 0..runs {
             let mut lab = Lab::new();
@@ -520,12 +523,7 @@ pub fn driver_path(report: &mut Report, quick: bool) {
         ..Settings::default()
     };
     let mut rows = Vec::new();
-    for d in [
-        Defence::None,
-        Defence::SmtpXdp,
-        Defence::Nftables,
-        Defence::Iptables,
-    ] {
+    for d in FIREWALLS {
         let mut ns_per = Vec::new();
         for _ in 0..runs {
             let mut lab = Lab::new();
