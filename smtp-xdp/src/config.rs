@@ -523,6 +523,39 @@ impl Settings {
     }
 }
 
+/// Every key of the config file (and `run` flag).
+pub const ALL_KEYS: &[&str] = &[
+    "iface",
+    "rate",
+    "burst",
+    "ports",
+    "ipv4-prefix",
+    "ipv6-prefix",
+    "max-sources",
+    "max-bans",
+    "xdp-mode",
+    "dry-run",
+    "ban-threshold",
+    "ban-window",
+    "ban-time",
+    "ban-max",
+    "ban-memory",
+    "bounce-rate",
+    "bounce-burst",
+    "storm-rate",
+    "storm-factor",
+    "storm-hold",
+    "global-rate",
+    "global-burst",
+    "policy-listen",
+    "policy-action",
+    "metrics-listen",
+    "top-offenders",
+    "state-dir",
+    "save-interval",
+    "log-format",
+];
+
 /// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
 pub const LIVE_KEYS: &[&str] = &[
     "rate",
@@ -617,6 +650,31 @@ mod tests {
             e.starts_with("config file t.toml: ") && e.contains("line 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_key_is_documented_and_accepted() {
+        let example = include_str!("../../smtp-xdp.example.toml");
+        let readme = include_str!("../../README.md");
+        for key in ALL_KEYS {
+            assert!(
+                example.lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))),
+                "{key} missing from smtp-xdp.example.toml"
+            );
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "{key} missing from the README's table"
+            );
+        }
+        for key in LIVE_KEYS {
+            let mut s = Settings::default();
+            let known = ALL_KEYS.contains(key) || *key == "ban";
+            assert!(known, "{key}");
+            // Each key is accepted (a value of the right kind for it).
+            let _ = s.apply_key(key, "1");
+        }
     }
 
     #[test]

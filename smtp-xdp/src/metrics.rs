@@ -516,6 +516,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        for f in FAMILIES {
+            assert!(
+                readme.contains(&format!("`{f}`")),
+                "{f} is not in the README's metric table"
+            );
+        }
+    }
+
+    #[test]
     fn text_format_renames_counter_families() {
         let om = "# HELP smtp_xdp_packets Packets.\n# TYPE smtp_xdp_packets counter\nsmtp_xdp_packets_total{verdict=\"pass\"} 3\n# HELP smtp_xdp_up Up.\n# TYPE smtp_xdp_up gauge\nsmtp_xdp_up 1.0\n# EOF\n";
         assert_eq!(
