@@ -348,3 +348,48 @@ fn run_daemon(args: Box<RunArgs>) -> anyhow::Result<i32> {
         .build()?;
     rt.block_on(run::run(opts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_config_key_is_a_run_flag() {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run");
+        for key in smtp_xdp::config::ALL_KEYS {
+            assert!(
+                run.get_arguments().any(|a| a.get_long() == Some(key)),
+                "--{key} missing from smtp-xdp run"
+            );
+        }
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_overrides_with_key_names() {
+        let cli = Cli::try_parse_from([
+            "smtp-xdp",
+            "run",
+            "--rate",
+            "5/s",
+            "--dry-run",
+            "--ipv6-prefix",
+            "56",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        let o = args.overrides();
+        assert_eq!(
+            o.pairs,
+            vec![
+                ("rate".to_string(), "5/s".to_string()),
+                ("ipv6-prefix".to_string(), "56".to_string()),
+                ("dry-run".to_string(), "true".to_string()),
+            ]
+        );
+    }
+}
