@@ -167,6 +167,18 @@ pub struct Ban {
     pub reason: u32,
 }
 
+impl Ban {
+    /// A ban by hand (or restored as such) from `now` for `length_ns`, at escalation level 0.
+    pub fn manual(now: u64, length_ns: u64) -> Self {
+        Ban {
+            until: now.saturating_add(length_ns),
+            since: now,
+            level: 0,
+            reason: ban_reason::MANUAL,
+        }
+    }
+}
+
 /// Policy flag bits.
 pub mod policy_flags {
     /// Monitor mode: count what would be dropped, drop nothing.

@@ -150,15 +150,19 @@ fn classify(ctx: &XdpContext) -> (Counter, u32) {
         Some(&p) if p != 0 => p,
         _ => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
     };
+    let syn = seg.is_new_connection();
+    let scan = !syn && port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0;
+    // Established traffic that is not scanned never needs the policy: pass it right away.
+    if !syn && !scan {
+        return (Counter::PassSmtpOther, xdp_action::XDP_PASS);
+    }
     let Some(policy) = POLICY.get(live(select::POLICY)) else {
         return (Counter::NoPolicy, xdp_action::XDP_PASS);
     };
-    if seg.is_new_connection() {
+    if syn {
         return on_syn(ctx, &seg, port, policy);
     }
-    if port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0 {
-        on_payload(ctx, &seg, policy);
-    }
+    on_payload(ctx, &seg, policy);
     (Counter::PassSmtpOther, xdp_action::XDP_PASS)
 }
 

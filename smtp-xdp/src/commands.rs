@@ -14,7 +14,7 @@ use smtp_xdp::{
     stats::{self, Rank, Snapshot},
     units::{self, Duration, Rate},
 };
-use smtp_xdp_common::{ban_reason, bans, Ban, Counter, UserCounter};
+use smtp_xdp_common::{bans, Ban, Counter, UserCounter};
 
 use crate::{Command, ListOp, Target};
 
@@ -340,12 +340,7 @@ fn ban(target: &Target, net: &str, duration: &str) -> anyhow::Result<i32> {
     let (iface, mut maps) = open(target)?;
     let _lock = pins::lists_lock(&iface)?;
     let now = clock::boot_ns();
-    let b = Ban {
-        until: now.saturating_add(d.0),
-        since: now,
-        level: 0,
-        reason: ban_reason::MANUAL,
-    };
+    let b = Ban::manual(now, d.0);
     maps.ban_net(&net, &b)?;
     maps.add_user_counter(UserCounter::BansManual, 1)?;
     println!(

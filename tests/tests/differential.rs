@@ -10,7 +10,7 @@ use smtp_xdp::{
     maps::{key_net, List},
     units::{self, Rate},
 };
-use smtp_xdp_common::{ban_reason, Ban, Counter};
+use smtp_xdp_common::{Ban, Counter};
 use smtp_xdp_tests::{gen, model::Model, require_bpf, Kernel, XDP_DROP};
 
 fn settings(dry_run: bool) -> Settings {
@@ -42,12 +42,7 @@ fn run(seed: u64, frames: u64, dry_run: bool) {
     let deny: ipnet::IpNet = "198.18.102.128/25".parse().unwrap();
     let deny6: ipnet::IpNet = "2001:db8:2::/48".parse().unwrap();
     let net_ban: ipnet::IpNet = "198.18.101.0/28".parse().unwrap();
-    let b = Ban {
-        until: now + 3_600_000_000_000,
-        since: now,
-        level: 0,
-        reason: ban_reason::MANUAL,
-    };
+    let b = Ban::manual(now, 3_600_000_000_000);
     k.maps.list_edit(List::Allow, &allow, true).unwrap();
     k.maps.list_replace(List::Deny, &[deny, deny6]).unwrap();
     k.maps.ban_net(&net_ban, &b).unwrap();

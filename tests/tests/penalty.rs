@@ -83,12 +83,7 @@ fn allow_wins_over_deny_and_bans_and_lpm_matches_longest_prefix() {
     k.maps
         .ban_net(
             &net("198.18.31.200/32"),
-            &Ban {
-                until: now + 3_600_000_000_000,
-                since: now,
-                level: 0,
-                reason: ban_reason::MANUAL,
-            },
+            &Ban::manual(now, 3_600_000_000_000),
         )
         .unwrap();
     let cases = [
@@ -127,26 +122,10 @@ fn manual_network_bans_expire_in_the_kernel() {
     let mut k = Kernel::load(&slow_settings(100));
     let now = clock::boot_ns();
     k.maps
-        .ban_net(
-            &net("198.18.33.0/24"),
-            &Ban {
-                until: now + 300_000_000,
-                since: now,
-                level: 0,
-                reason: ban_reason::MANUAL,
-            },
-        )
+        .ban_net(&net("198.18.33.0/24"), &Ban::manual(now, 300_000_000))
         .unwrap();
     k.maps
-        .ban_net(
-            &net("2001:db8:33::/56"),
-            &Ban {
-                until: now + 300_000_000,
-                since: now,
-                level: 0,
-                reason: ban_reason::MANUAL,
-            },
-        )
+        .ban_net(&net("2001:db8:33::/56"), &Ban::manual(now, 300_000_000))
         .unwrap();
     assert_eq!(k.run(&syn("198.18.33.77")), XDP_DROP);
     assert_eq!(k.run(&syn("2001:db8:33:ff::1")), XDP_DROP);
@@ -320,15 +299,7 @@ fn empty_tries_are_skipped_and_never_skipped_when_filled() {
     assert_eq!(k.maps.present().unwrap(), 0);
     let now = clock::boot_ns();
     k.maps
-        .ban_net(
-            &net("198.18.38.0/24"),
-            &Ban {
-                until: now + 200_000_000,
-                since: now,
-                level: 0,
-                reason: ban_reason::MANUAL,
-            },
-        )
+        .ban_net(&net("198.18.38.0/24"), &Ban::manual(now, 200_000_000))
         .unwrap();
     assert_eq!(k.maps.present().unwrap(), present::BANNED_NETS);
     assert_eq!(k.run(&syn("198.18.38.9")), XDP_DROP);

@@ -15,7 +15,7 @@ use std::{
 use aya::maps::IterableMap as _;
 use serde_json::json;
 use smtp_xdp::{config::Settings, maps::List, program, units::Rate};
-use smtp_xdp_common::{ban_reason, Ban, SourceKey, SourceState, FAMILY_V4};
+use smtp_xdp_common::{Ban, SourceKey, SourceState, FAMILY_V4};
 use smtp_xdp_tests::{
     frames::Frame,
     lab::{sh, Lab},
@@ -294,15 +294,7 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
     let key = smtp_xdp::maps::addr_key("198.18.0.9".parse().unwrap(), &limited.policy());
     limited
         .maps
-        .ban_source(
-            &key,
-            &Ban {
-                until: now + 3_600_000_000_000,
-                since: now,
-                level: 0,
-                reason: ban_reason::MANUAL,
-            },
-        )
+        .ban_source(&key, &Ban::manual(now, 3_600_000_000_000))
         .expect("ban");
     rows.push((
         "banned-source SYN".into(),
