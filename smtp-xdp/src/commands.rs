@@ -6,10 +6,10 @@ use anyhow::{bail, Context as _};
 use smtp_xdp::{
     clock,
     config::{Settings, LIVE_KEYS},
-    lists,
+    daemon::{self, RunOptions},
+    host, lists,
     maps::{addr_key, key_net, BanTarget, List, Maps},
     pins,
-    run::{self, RunOptions},
     state::reason_name,
     stats::{self, Rank, Snapshot},
     units::{self, Duration, Rate},
@@ -46,7 +46,7 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
 
 /// Opens the pinned maps of the target instance.
 fn open(target: &Target) -> anyhow::Result<(String, Maps)> {
-    run::require_privileges("this command")?;
+    host::require_privileges("this command")?;
     pins::ensure_bpffs()?;
     let iface = pins::resolve(target.iface.as_deref())?;
     let maps = Maps::open(&pins::dir(&iface))
@@ -101,7 +101,7 @@ fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
     let mode =
         smtp_xdp::program::Attached::from_code(meta.xdp_mode).map_or("unknown", |m| m.name());
     let attached =
-        pins::dir(&iface).join(pins::LINK).exists() && run::ifindex(&iface) == Some(meta.ifindex);
+        pins::dir(&iface).join(pins::LINK).exists() && host::ifindex(&iface) == Some(meta.ifindex);
     let daemon = pins::daemon_pid(&iface);
     let census = stats::census(&maps.sources, now, 0, Rank::Drops, 0);
     let capacity = {
@@ -464,7 +464,7 @@ fn set(target: &Target, pairs: &[String]) -> anyhow::Result<i32> {
 }
 
 fn detach(target: &Target) -> anyhow::Result<i32> {
-    run::require_privileges("detach")?;
+    host::require_privileges("detach")?;
     pins::ensure_bpffs()?;
     let iface = pins::resolve(target.iface.as_deref())?;
     if let Some(pid) = pins::daemon_pid(&iface) {
@@ -480,7 +480,7 @@ fn check_config(config: Option<PathBuf>) -> anyhow::Result<i32> {
         config,
         ..RunOptions::default()
     };
-    let (s, path) = run::resolve_settings(&opts)?;
+    let (s, path) = daemon::resolve_settings(&opts)?;
     println!(
         "{}: valid",
         path.map_or("built-in defaults".to_string(), |p| p.display().to_string())

@@ -2,14 +2,15 @@
 
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod events;
+pub mod host;
 pub mod lists;
 pub mod maps;
 pub mod metrics;
 pub mod pins;
 pub mod policyd;
 pub mod program;
-pub mod run;
 pub mod state;
 pub mod stats;
 pub mod units;

@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use smtp_xdp::{
     config::{LogFormat, Overrides},
-    run::{self, RunOptions},
+    daemon::{self, RunOptions},
 };
 
 #[derive(Parser)]
@@ -340,13 +340,13 @@ fn run_daemon(args: Box<RunArgs>) -> anyhow::Result<i32> {
         keep_attached: args.keep_attached,
     };
     // Settings are checked before anything else so a typo fails at once, in one line.
-    let (settings, _) = run::resolve_settings(&opts)?;
+    let (settings, _) = daemon::resolve_settings(&opts)?;
     init_logging(settings.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run::run(opts))
+    rt.block_on(daemon::run(opts))
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! The state every service of the daemon shares: the map handles, the settings in force, the
+//! background-computed cache the metrics read, and the event log. Services use it; none of them
+//! knows another service.
+
+use std::{
+    path::PathBuf,
+    sync::{Mutex, RwLock},
+    time::Instant,
+};
+
+use smtp_xdp_common::Event;
+
+use crate::{
+    clock,
+    config::Settings,
+    events::EventLog,
+    maps::Maps,
+    metrics::{Cache, View},
+    program::Attached,
+    stats::Snapshot,
+};
+
+/// State shared by the daemon's services.
+pub struct Shared {
+    pub iface: String,
+    /// The pin directory.
+    pub dir: PathBuf,
+    /// The state file.
+    pub state_path: PathBuf,
+    pub maps: Mutex<Maps>,
+    pub settings: RwLock<Settings>,
+    pub cache: Mutex<Cache>,
+    pub events: Mutex<EventLog>,
+    pub attached: Attached,
+    pub started: Instant,
+    pub started_unix: u64,
+    pub sources_capacity: u64,
+    pub bans_capacity: u64,
+}
+
+impl Shared {
+    /// A copy of the settings in force.
+    pub fn settings(&self) -> Settings {
+        self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Everything a scrape shows.
+    pub fn view(&self) -> Option<View> {
+        let snapshot = {
+            let maps = self.maps.lock().ok()?;
+            Snapshot::read(&maps, clock::boot_ns(), false).ok()?
+        };
+        Some(View {
+            snapshot,
+            cache: self.cache.lock().ok()?.clone(),
+            iface: self.iface.clone(),
+            xdp_mode: self.attached.name().into(),
+            sources_capacity: self.sources_capacity,
+            bans_capacity: self.bans_capacity,
+            started_unix: self.started_unix,
+            uptime_secs: self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy".
+    pub fn log_events(&self, evs: &[Event], origin: &str) {
+        if evs.is_empty() {
+            return;
+        }
+        let policy = self
+            .maps
+            .lock()
+            .ok()
+            .and_then(|m| m.policy().ok().flatten());
+        if let Ok(mut log) = self.events.lock() {
+            for e in evs {
+                log.log(e, policy.as_ref(), origin);
+            }
+        }
+    }
+}
