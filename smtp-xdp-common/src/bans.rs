@@ -53,6 +53,7 @@ pub fn issue(previous: Option<&Ban>, now: u64, reason: u32, policy: &Policy) -> 
         since: now,
         level,
         reason,
+        ..Ban::default()
     }
 }
 

@@ -82,6 +82,10 @@ pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
 pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;
 pub const EVENTS_BYTES: u32 = 1 << 18;
+/// Slots of `COUNTERS` and `USER_COUNTERS`: room to add counters without a new map layout.
+pub const COUNTER_SLOTS: u32 = 64;
+/// Bytes of `Meta::state_path`.
+pub const STATE_PATH_BYTES: usize = 256;
 
 /// Address family tag inside [`SourceKey`].
 pub const FAMILY_V4: u32 = 4;
@@ -153,6 +157,9 @@ pub mod ban_reason {
     pub const MANUAL: u32 = 3;
 }
 
+/// Bits of [`Ban::flags`].
+pub mod ban_flags {}
+
 /// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` keyed by prefix).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,6 +172,9 @@ pub struct Ban {
     pub level: u32,
     /// One of [`ban_reason`].
     pub reason: u32,
+    /// [`ban_flags`] bits.
+    pub flags: u32,
+    pub _reserved: u32,
 }
 
 impl Ban {
@@ -175,6 +185,7 @@ impl Ban {
             since: now,
             level: 0,
             reason: ban_reason::MANUAL,
+            ..Ban::default()
         }
     }
 }
@@ -387,7 +398,7 @@ pub struct Event {
 
 /// `META[0]`: stamped last when a controller finished setting up the pinned state.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
     /// [`crate::LAYOUT_VERSION`] of the controller that stamped the state; 0 = set-up unfinished.
     pub layout: u32,
@@ -399,6 +410,45 @@ pub struct Meta {
     pub attached_at: u64,
     /// Boot-clock time the current controller started (0 when none runs).
     pub controller_started: u64,
+    /// The state file the controller saves to, NUL-padded, so CLI commands save their changes
+    /// to the same file (empty: none known).
+    pub state_path: [u8; STATE_PATH_BYTES],
+}
+
+impl Meta {
+    /// Stores `path` (bytes of a file path); false when it does not fit.
+    pub fn set_state_path(&mut self, path: &[u8]) -> bool {
+        if path.len() >= STATE_PATH_BYTES {
+            return false;
+        }
+        self.state_path = [0; STATE_PATH_BYTES];
+        self.state_path[..path.len()].copy_from_slice(path);
+        true
+    }
+
+    /// The stored state path's bytes (empty when none is known).
+    pub fn state_path(&self) -> &[u8] {
+        let end = self
+            .state_path
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(STATE_PATH_BYTES);
+        &self.state_path[..end]
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta {
+            layout: 0,
+            xdp_mode: 0,
+            ifindex: 0,
+            _reserved: 0,
+            attached_at: 0,
+            controller_started: 0,
+            state_path: [0; STATE_PATH_BYTES],
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -424,11 +474,12 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<SourceKey>(), 4 + 16);
         assert_eq!(size_of::<SourceState>(), 7 * 8 + 2 * 4);
-        assert_eq!(size_of::<Ban>(), 2 * 8 + 2 * 4);
+        assert_eq!(size_of::<Ban>(), 2 * 8 + 4 * 4);
         assert_eq!(size_of::<Policy>(), 12 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
         assert_eq!(size_of::<PortStats>(), 3 * 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8);
-        assert_eq!(size_of::<Meta>(), 4 * 4 + 2 * 8);
+        assert_eq!(size_of::<Meta>(), 4 * 4 + 2 * 8 + STATE_PATH_BYTES);
+        const { assert!(Counter::COUNT <= COUNTER_SLOTS && UserCounter::COUNT <= COUNTER_SLOTS) };
     }
 
     #[test]

@@ -30,8 +30,8 @@ use smtp_xdp_common::{
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
     port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
-    SourceState, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
-    MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
+    SourceState, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4,
+    MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -76,10 +76,10 @@ static BANNED_NETS_V4: LpmTrie<[u8; 4], Ban> =
 static BANNED_NETS_V6: LpmTrie<[u8; 16], Ban> =
     LpmTrie::with_max_entries(MAX_BANNED_NETS, BPF_F_NO_PREALLOC);
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 /// Written by the controller only; declared here so it is created and pinned with the rest.
 #[map]
-static USER_COUNTERS: Array<u64> = Array::with_max_entries(smtp_xdp_common::UserCounter::COUNT, 0);
+static USER_COUNTERS: Array<u64> = Array::with_max_entries(COUNTER_SLOTS, 0);
 #[map]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_PORTS as u32, 0);
 /// Global guard bucket (GCRA TAT) per port slot, shared by all CPUs.

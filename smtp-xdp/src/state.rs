@@ -161,6 +161,7 @@ impl StateFile {
                 since: clock::from_unix_secs(b.since),
                 level: b.level.min(smtp_xdp_common::bans::MAX_LEVEL),
                 reason,
+                ..Ban::default()
             };
             let target = match b.kind.as_str() {
                 "net" => BanTarget::Net(net),

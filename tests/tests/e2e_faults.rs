@@ -209,6 +209,7 @@ fn a_state_save_killed_half_way_never_corrupts_the_file() {
                 since: now,
                 level: 1,
                 reason: ban_reason::RATE,
+                ..Ban::default()
             };
             maps.ban_source(&key, &b).unwrap();
         }

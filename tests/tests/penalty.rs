@@ -155,6 +155,7 @@ fn sweep_keeps_expired_bans_for_escalation_until_their_memory_runs_out() {
         since: now - 10,
         level: 2,
         reason: ban_reason::RATE,
+        ..Ban::default()
     };
     k.maps.ban_source(&key, &expired).unwrap();
     assert_eq!(

@@ -119,7 +119,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         adopted,
         sources_capacity,
         bans_capacity,
-    } = startup::start(&settings, &iface, index, &dir, adopted, saved.as_ref())?;
+    } = startup::start(
+        &settings,
+        &iface,
+        index,
+        &dir,
+        adopted,
+        saved.as_ref(),
+        &state_path,
+    )?;
     if attached == crate::program::Attached::Generic {
         tracing::warn!(iface, "XDP runs in generic (skb) mode: the driver has no native XDP, so packets are dropped after the kernel built their skb (still before TCP)");
     }

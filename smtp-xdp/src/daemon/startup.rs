@@ -82,6 +82,7 @@ pub fn start(
     dir: &Path,
     adopted: Option<Meta>,
     saved: Option<&Decoded>,
+    state_path: &Path,
 ) -> anyhow::Result<Started> {
     pins::create_dir(dir)?;
     let mut undo = Undo {
@@ -125,6 +126,13 @@ pub fn start(
     meta.layout = LAYOUT_VERSION;
     meta.ifindex = index;
     meta.controller_started = now;
+    if !meta.set_state_path(state_path.as_os_str().as_encoded_bytes()) {
+        bail!(
+            "state-dir {} is too long: the state file's path must be shorter than {} bytes",
+            state_path.display(),
+            smtp_xdp_common::STATE_PATH_BYTES
+        );
+    }
 
     // Attach: atomically replace the program behind an adopted link (no gap), or attach anew.
     let link_path = dir.join(pins::LINK);
