@@ -132,7 +132,7 @@ pub enum PinState {
     /// A start was killed before it stamped the layout: safe to clear.
     Incomplete,
     /// A finished set-up of this layout.
-    Ready(Meta),
+    Ready(Box<Meta>),
     /// Pinned by a build with another map layout.
     OtherLayout(u32),
 }
@@ -146,7 +146,7 @@ pub fn inspect(dir: &Path) -> PinState {
     };
     match meta.layout {
         0 => PinState::Incomplete,
-        LAYOUT_VERSION => PinState::Ready(meta),
+        LAYOUT_VERSION => PinState::Ready(Box::new(meta)),
         other => PinState::OtherLayout(other),
     }
 }
