@@ -154,6 +154,14 @@ pub fn inspect(dir: &Path) -> PinState {
 /// Removes an instance's pins (maps and link). Unpinning the link detaches the program once no
 /// process holds it any more.
 pub fn remove(dir: &Path) -> Result<(), PinError> {
+    // META first: a removal killed half-way then reads as an unfinished start, which the next
+    // start clears whole (restoring from the state file), never as pins to adopt half of.
+    let meta = dir.join(names::META);
+    match fs::remove_file(&meta) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&meta)(e)),
+    }
     match fs::read_dir(dir) {
         Ok(rd) => {
             for e in rd.flatten() {
