@@ -181,6 +181,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         started_unix: clock::to_unix_secs(now),
         sources_capacity,
         bans_capacity,
+        save_soon: tokio::sync::Notify::new(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -36,6 +36,9 @@ pub struct Shared {
     pub started_unix: u64,
     pub sources_capacity: u64,
     pub bans_capacity: u64,
+    /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
+    /// it within about a second rather than at the next `save-interval`.
+    pub save_soon: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -62,10 +65,17 @@ impl Shared {
         })
     }
 
-    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy".
+    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy". A ban
+    /// among them asks for a save soon.
     pub fn log_events(&self, evs: &[Event], origin: &str) {
         if evs.is_empty() {
             return;
+        }
+        if evs
+            .iter()
+            .any(|e| e.kind == smtp_xdp_common::event_kind::BAN)
+        {
+            self.save_soon.notify_one();
         }
         let policy = self
             .maps
