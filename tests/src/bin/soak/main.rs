@@ -293,11 +293,11 @@ fn main() {
         for _ in 0..3 {
             policy_answers += policy_session(&lab.server_ns, rng.gen());
         }
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             scrapes += (scrape(&lab.server_ns) > 0) as usize;
         }
-        if tick % 15 == 0 {
-            let rate = if (tick / 15) % 2 == 0 {
+        if tick.is_multiple_of(15) {
+            let rate = if (tick / 15).is_multiple_of(2) {
                 "90/min"
             } else {
                 "60/min"
@@ -317,20 +317,20 @@ fn main() {
                 deny_now = Some(i);
             }
         }
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let a = format!("198.19.{}.{}", rng.gen_range(1..50), rng.gen_range(1..250));
             if cli_ok(&lab, &["ban", &a, "--for", "1h"]) {
                 acknowledged.insert(format!("{a}/32"));
             }
         }
-        if tick % 7 == 0 && !acknowledged.is_empty() {
+        if tick.is_multiple_of(7) && !acknowledged.is_empty() {
             let i = rng.gen_range(0..acknowledged.len());
             let a = acknowledged.iter().nth(i).cloned().unwrap();
             if cli_ok(&lab, &["unban", &a]) {
                 acknowledged.remove(&a);
             }
         }
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let st = cli_json(&lab, &["status"]);
             let s = Sample {
                 secs: start.elapsed().as_secs(),
