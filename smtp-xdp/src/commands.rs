@@ -14,7 +14,7 @@ use smtp_xdp::{
     stats::{self, Rank, Snapshot},
     units::{self, Duration, Rate},
 };
-use smtp_xdp_common::{bans, Ban, Counter, UserCounter};
+use smtp_xdp_common::{bans, policy_flags, Ban, Counter, UserCounter};
 
 use crate::{Command, ListOp, Target};
 
@@ -41,6 +41,7 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Set { pairs, target } => set(&target, &pairs),
         Command::Detach { target } => detach(&target),
         Command::CheckConfig { config } => check_config(config),
+        Command::Batv { op } => crate::batv_cmd::run(op),
     }
 }
 
@@ -441,7 +442,11 @@ fn set(target: &Target, pairs: &[String]) -> anyhow::Result<i32> {
         s.apply_key(k, v).map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
     }
     s.validate()?;
-    maps.set_policy(&s.policy())?;
+    // Flags `set` does not own (BATV's) stay as the controller set them.
+    let old = maps.policy()?.map_or(0, |p| p.flags);
+    let mut policy = s.policy();
+    policy.flags = (policy.flags & policy_flags::DRY_RUN) | (old & !policy_flags::DRY_RUN);
+    maps.set_policy(&policy)?;
     println!(
         "{iface}: rate {} burst {} ports {:?} dry-run {} ban after {} drops/{} for {} (max {}) bounces {} global {}",
         s.rate,

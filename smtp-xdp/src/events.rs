@@ -70,8 +70,9 @@ impl Default for EventLog {
 }
 
 impl EventLog {
-    /// Whether a line for this event may be written now.
-    fn admit(&mut self, ev: &Event, now: Instant) -> bool {
+    /// Whether a line for this event may be written now (also for lines other services write
+    /// about an event of their own kind, such as the policy service's backscatter lines).
+    pub fn admit(&mut self, ev: &Event, now: Instant) -> bool {
         // Bans are always logged once each: they are what operators audit.
         let repeat_key = (ev.kind, ev.key);
         if ev.kind != event_kind::BAN {

@@ -127,6 +127,10 @@ pub fn resolve(iface: Option<&str>) -> Result<String, PinError> {
 
 /// What is pinned for an interface.
 #[derive(Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "read once per start or command; boxing the Meta buys nothing"
+)]
 pub enum PinState {
     Absent,
     /// A start was killed before it stamped the layout: safe to clear.

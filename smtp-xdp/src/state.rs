@@ -49,6 +49,9 @@ pub struct StateFile {
     pub bans: Vec<SavedBan>,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// Unix time BATV was first switched on (the start of its grace period); kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batv_since: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +128,7 @@ impl StateFile {
             bans,
             allow: names(List::Allow)?,
             deny: names(List::Deny)?,
+            batv_since: None,
         })
     }
 
@@ -308,6 +312,7 @@ mod tests {
             }],
             allow: vec!["192.0.2.0/24".into()],
             deny: vec!["2001:db8::/32".into()],
+            batv_since: Some(1_794_000_000),
         }
     }
 

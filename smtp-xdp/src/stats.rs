@@ -31,6 +31,13 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
     (UserCounter::PolicyErrors, "policy_errors"),
     (UserCounter::BansExpired, "bans_expired"),
     (UserCounter::StormsStarted, "storms_started"),
+    (UserCounter::BatvValid, "batv_valid"),
+    (UserCounter::BatvBackscatter, "batv_backscatter"),
+    (UserCounter::BatvUntaggedGrace, "batv_untagged_grace"),
+    (UserCounter::BatvExempt, "batv_exempt"),
+    (UserCounter::BatvSignatures, "batv_signatures"),
+    (UserCounter::SocketmapRequests, "socketmap_requests"),
+    (UserCounter::SocketmapErrors, "socketmap_errors"),
 ];
 
 impl Snapshot {

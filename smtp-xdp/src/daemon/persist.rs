@@ -38,10 +38,13 @@ pub fn read(path: &Path) -> Option<Decoded> {
     }
 }
 
-/// Captures the pinned maps of `dir` and writes them to `path`.
-pub fn save(dir: &Path, iface: &str, path: &Path) -> anyhow::Result<()> {
+/// Captures the pinned maps of `dir` and writes them to `path`, with the start of BATV's grace
+/// period.
+pub fn save(dir: &Path, iface: &str, path: &Path, batv_since: Option<u64>) -> anyhow::Result<()> {
     let maps = Maps::open(dir)?;
-    StateFile::capture(&maps, iface)?.save(path)?;
+    let mut file = StateFile::capture(&maps, iface)?;
+    file.batv_since = batv_since;
+    file.save(path)?;
     tracing::debug!(file = %path.display(), "state saved");
     Ok(())
 }
@@ -57,7 +60,10 @@ pub async fn run(shared: Arc<Shared>) {
         }
         last = Instant::now();
         let s = shared.clone();
-        let r = tokio::task::spawn_blocking(move || save(&s.dir, &s.iface, &s.state_path)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            save(&s.dir, &s.iface, &s.state_path, s.batv_since())
+        })
+        .await;
         if let Ok(Err(e)) = r {
             tracing::error!(error = %format!("{e:#}"), "saving state failed");
         }

@@ -13,6 +13,12 @@ pub fn reload(shared: &Shared, opts: &RunOptions) {
         }
     };
     let old = shared.settings();
+    if let Err(e) =
+        super::batv::check_reload(&old, &new).and_then(|()| super::batv::reload(shared, &new))
+    {
+        tracing::error!(error = %format!("{e:#}"), "reload refused; the policy in force stays");
+        return;
+    }
     warn_restart_only(&old, &new);
     let applied = shared.maps.lock().map_err(|_| ()).and_then(|mut m| {
         m.set_policy(&new.policy())
@@ -34,6 +40,10 @@ fn warn_restart_only(old: &Settings, new: &Settings) {
         ("xdp-mode", old.xdp_mode != new.xdp_mode),
         ("metrics-listen", old.metrics_listen != new.metrics_listen),
         ("policy-listen", old.policy_listen != new.policy_listen),
+        (
+            "socketmap-listen",
+            old.socketmap_listen != new.socketmap_listen,
+        ),
         ("state-dir", old.state_dir != new.state_dir),
         ("log-format", old.log_format != new.log_format),
     ] {
