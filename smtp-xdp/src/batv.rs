@@ -196,9 +196,8 @@ impl Key {
     }
 
     fn mac(&self, ddd: u16, address: &str) -> HmacSha1 {
-        // HMAC takes keys of any length; the error case of `new_from_slice` cannot happen.
-        let mut mac = HmacSha1::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| HmacSha1::new_from_slice(&[0]).expect("a one-byte HMAC key"));
+        let mut mac =
+            HmacSha1::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
         let lower = address.to_ascii_lowercase();
         mac.update(&[b'0' + self.number % 10]);
         mac.update(format!("{:03}", ddd % 1000).as_bytes());

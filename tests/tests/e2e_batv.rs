@@ -629,3 +629,106 @@ fn key_file_is_checked_before_anything_is_loaded_and_the_cli_works_without_a_con
     );
     assert!(err.contains("batv-domains needs policy-listen"), "{err}");
 }
+
+#[test]
+fn socketmap_service_on_a_unix_socket_answers_pipelined_lookups_and_drops_garbage() {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::{fs::MetadataExt as _, net::UnixStream},
+    };
+    require_bpf!();
+    let mut lab = Lab::new();
+    let sock = lab.path("socketmap.sock");
+    let listen = format!("unix:{}", sock.display());
+    let pid = controller(&mut lab, "enforce", &["--socketmap-listen", &listen]);
+    let meta = std::fs::metadata(&sock).expect("the socket");
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "only Postfix's user may connect"
+    );
+    let postfix_uid = smtp_xdp_tests::lab::sh(Command::new("id").args(["-u", "postfix"]));
+    assert_eq!(
+        meta.uid().to_string(),
+        String::from_utf8_lossy(&postfix_uid.stdout).trim()
+    );
+
+    let ns = |s: &str| format!("{}:{s},", s.len());
+    let mut c = UnixStream::connect(&sock).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Five lookups in one write, the last split over two writes.
+    let all = [
+        ns("batv-sign alice@example.test"),
+        ns("batv-sign "),
+        ns("batv-sign bob@other.test"),
+        ns("nosuchmap x"),
+        ns("batv-strip alice@example.test"),
+    ]
+    .concat();
+    c.write_all(&all.as_bytes()[..all.len() - 5]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(&all.as_bytes()[all.len() - 5..]).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.iter().filter(|&&b| b == b',').count() < 5 {
+        let n = c.read(&mut buf).expect("replies");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(got).unwrap();
+    let signed = text
+        .split_once("OK ")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(s, _)| s.to_string())
+        .expect("a signature");
+    assert_eq!(
+        text,
+        [
+            ns(&format!("OK {signed}")),
+            ns("NOTFOUND "),
+            ns("NOTFOUND "),
+            ns("PERM unknown map \"nosuchmap\": smtp-xdp serves batv-sign and batv-strip"),
+            ns("NOTFOUND "),
+        ]
+        .concat()
+    );
+    // The signed address strips back, and its result is not rewritten again.
+    c.write_all(ns(&format!("batv-strip {signed}")).as_bytes())
+        .unwrap();
+    c.write_all(ns(&format!("batv-sign {signed}")).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    while got.iter().filter(|&&b| b == b',').count() < 2 {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        ns("OK alice@example.test") + &ns("NOTFOUND ")
+    );
+    // Garbage closes the connection; a new one works.
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "closed");
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.write_all(ns("batv-strip x").as_bytes()).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], ns("NOTFOUND ").as_bytes());
+    let iface = lab.server_if.clone();
+    assert_eq!(stat(&iface, "socketmap_requests"), 8);
+    // `set` changes limits live and leaves BATV's kernel flag alone: plaintext bounces stay
+    // uncharged by the kernel.
+    let o = lab.cli(&["set", "bounce-burst=9", "--iface", &iface]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let maps = smtp_xdp::maps::Maps::open(&smtp_xdp::pins::dir(&iface)).unwrap();
+    let p = maps.policy().unwrap().unwrap();
+    assert_eq!(p.bounce.burst(), 9);
+    assert!(p.bounces_judged());
+    assert_eq!(stat(&iface, "batv_signatures"), 1);
+    assert_eq!(
+        stat(&iface, "socketmap_errors"),
+        2,
+        "the unknown map and the garbage"
+    );
+    lab.stop_controller(pid);
+}
