@@ -1,6 +1,6 @@
 //! The penalty box: when a source earns a ban, how long it lasts, and when a ban is over.
 
-use crate::{Ban, Policy, SourceState};
+use crate::{ban_flags, Ban, Policy, SourceState};
 
 /// Highest escalation level; `base << 32` already exceeds any sane maximum.
 pub const MAX_LEVEL: u32 = 32;
@@ -9,6 +9,13 @@ pub const MAX_LEVEL: u32 = 32;
 #[inline(always)]
 pub fn is_active(ban: &Ban, now: u64) -> bool {
     now < ban.until
+}
+
+/// True while `ban` takes effect at `now`: active, and either a real ban or a would-ban (issued
+/// in monitor mode) seen in monitor mode. Enforcement never acts on what monitor mode recorded.
+#[inline(always)]
+pub fn in_force(ban: &Ban, now: u64, dry_run: bool) -> bool {
+    is_active(ban, now) && (ban.flags & ban_flags::WOULD == 0 || dry_run)
 }
 
 /// True when an expired ban may be removed: its escalation memory has run out too.
@@ -34,9 +41,15 @@ pub fn duration(base_ns: u64, max_ns: u64, level: u32) -> u64 {
 }
 
 /// The ban a source gets now, given the entry it may still have from an earlier offence: a repeat
-/// within the memory window escalates one level (like fail2ban's `bantime.increment`).
+/// within the memory window escalates one level (like fail2ban's `bantime.increment`). In
+/// monitor mode the ban is a would-ban; once enforcing, a would-ban is no previous offence.
 #[inline(always)]
 pub fn issue(previous: Option<&Ban>, now: u64, reason: u32, policy: &Policy) -> Ban {
+    let dry_run = policy.dry_run();
+    let previous = match previous {
+        Some(p) if p.flags & ban_flags::WOULD == 0 || dry_run => Some(p),
+        _ => None,
+    };
     let level = match previous {
         Some(prev) if !is_forgotten(prev, now, policy.ban_memory_ns) => {
             if prev.level >= MAX_LEVEL {
@@ -53,7 +66,8 @@ pub fn issue(previous: Option<&Ban>, now: u64, reason: u32, policy: &Policy) -> 
         since: now,
         level,
         reason,
-        ..Ban::default()
+        flags: if dry_run { ban_flags::WOULD } else { 0 },
+        _reserved: 0,
     }
 }
 

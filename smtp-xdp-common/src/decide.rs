@@ -108,7 +108,7 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
         return SynVerdict::Dropped(DropReason::Ban);
     }
     if let Some(ban) = env.ban_entry() {
-        if bans::is_active(&ban, now) {
+        if bans::in_force(&ban, now, policy.dry_run()) {
             env.note_banned_syn(now);
             return SynVerdict::Dropped(DropReason::Ban);
         }
@@ -132,12 +132,14 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
 }
 
 /// Puts the source in the penalty box for `reason`, escalating from its previous entry, unless it
-/// is already serving a ban.
+/// is already serving a ban. In monitor mode the entry is a would-ban: recorded, counted and
+/// reported as such, and without effect once enforcement starts.
 #[inline(always)]
 pub fn ban_source<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64) -> Option<Ban> {
+    let dry_run = policy.dry_run();
     let previous = env.ban_entry();
     if let Some(prev) = previous.as_ref() {
-        if bans::is_active(prev, now) {
+        if bans::in_force(prev, now, dry_run) {
             return None;
         }
     }
@@ -146,12 +148,15 @@ pub fn ban_source<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64
         env.count(Counter::BanInsertFailed);
         return None;
     }
-    env.count(if reason == ban_reason::BOUNCES {
-        Counter::BansBounces
-    } else {
-        Counter::BansRate
-    });
-    env.event(crate::event_kind::BAN, Some(&ban), now);
+    let bounces = reason == ban_reason::BOUNCES;
+    let (counter, kind) = match (dry_run, bounces) {
+        (false, false) => (Counter::BansRate, crate::event_kind::BAN),
+        (false, true) => (Counter::BansBounces, crate::event_kind::BAN),
+        (true, false) => (Counter::WouldBansRate, crate::event_kind::WOULD_BAN),
+        (true, true) => (Counter::WouldBansBounces, crate::event_kind::WOULD_BAN),
+    };
+    env.count(counter);
+    env.event(kind, Some(&ban), now);
     Some(ban)
 }
 
@@ -237,7 +242,7 @@ mod tests {
         ban: Option<Ban>,
         state: Option<SourceState>,
         global_tat: u64,
-        events: [u32; 4],
+        events: [u32; crate::event_kind::COUNT as usize],
         bans_rate: u32,
     }
 

@@ -158,7 +158,12 @@ pub mod ban_reason {
 }
 
 /// Bits of [`Ban::flags`].
-pub mod ban_flags {}
+pub mod ban_flags {
+    /// Issued in monitor mode: what enforcement would have banned. It never drops, never
+    /// counts as a previous offence once enforcing, and the controller clears it when
+    /// enforcement starts.
+    pub const WOULD: u32 = 1;
+}
 
 /// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` keyed by prefix).
 #[repr(C)]
@@ -296,10 +301,13 @@ pub enum Counter {
     ScanSkipped,
     /// The policy map was empty (never happens after a successful start): passed.
     NoPolicy,
+    /// Bans monitor mode would have issued (rate, bounces).
+    WouldBansRate,
+    WouldBansBounces,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::NoPolicy as u32 + 1;
+    pub const COUNT: u32 = Counter::WouldBansBounces as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotSmtp,
@@ -324,6 +332,8 @@ impl Counter {
         Counter::EventsLost,
         Counter::ScanSkipped,
         Counter::NoPolicy,
+        Counter::WouldBansRate,
+        Counter::WouldBansBounces,
     ];
 
     /// True for the counters that count packets by verdict (exactly one per packet).
@@ -356,6 +366,8 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::ScanSkipped => "scan_skipped",
             Counter::NoPolicy => "no_policy",
+            Counter::WouldBansRate => "would_bans_rate",
+            Counter::WouldBansBounces => "would_bans_bounces",
         }
     }
 }
@@ -378,6 +390,14 @@ pub enum UserCounter {
     BansExpired,
     /// Storm mode activations.
     StormsStarted,
+    /// Bans monitor mode would have issued for bounces reported through the policy service.
+    WouldBansBouncesPolicy,
+    /// State saves that failed (the daemon's periodic and final saves).
+    StateSaveFailures,
+    /// Sources the daemon's census counted, and when (boot-clock ns): `status` reads these
+    /// instead of walking a table of a million entries.
+    CensusTracked,
+    CensusAt,
     /// Bounces judged by their BATV tag (one per recipient): a valid tag.
     BatvValid,
     /// No, an invalid or an expired tag (refused in enforce mode).
@@ -405,8 +425,12 @@ pub mod event_kind {
     pub const FIRST_DROP: u32 = 2;
     /// A source went over its bounce limit (`value` = its bounce count).
     pub const BOUNCE_LIMIT: u32 = 3;
+    /// Monitor mode would have banned a source (fields as for [`BAN`]).
+    pub const WOULD_BAN: u32 = 4;
     /// A bounce without a valid BATV tag (from the policy service only; never on the ring).
-    pub const BACKSCATTER: u32 = 4;
+    pub const BACKSCATTER: u32 = 5;
+    /// One more than the highest kind.
+    pub const COUNT: u32 = 6;
 }
 
 /// One ring-buffer event (48 bytes, no padding).

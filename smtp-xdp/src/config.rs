@@ -393,6 +393,11 @@ impl Overrides {
                     })
                     .collect::<Result<Vec<_>, _>>()?
                     .join(","),
+                toml::Value::Table(_) => {
+                    return Err(perr(format!(
+                        "line {line}: [{key}] is a section, but smtp-xdp's settings are all top-level keys (`key = value`, see smtp-xdp.example.toml): remove the section header"
+                    )))
+                }
                 _ => {
                     return Err(perr(format!(
                         "{key} (line {line}): use a string, a number, a boolean or a list"
@@ -422,12 +427,17 @@ impl Overrides {
     }
 }
 
+/// The line of `key = ...`, or of a `[key]` table header (a section is not a setting, and the
+/// error must point at it).
 fn find_key_line(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let t = l.trim_start();
             t.strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || t.strip_prefix('[')
+                    .and_then(|r| r.trim_start_matches('[').trim_start().strip_prefix(key))
+                    .is_some_and(|rest| rest.trim_start().starts_with(']'))
         })
         .map_or(0, |i| i + 1)
 }
@@ -659,6 +669,150 @@ impl Settings {
     }
 }
 
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum Origin {
+    Default,
+    File {
+        path: String,
+        line: usize,
+    },
+    Flag,
+    /// A live `smtp-xdp set`, kept in the state file until `set --reset`.
+    Set {
+        since: u64,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File { path, line } if *line > 0 => write!(f, "file {path}:{line}"),
+            Origin::File { path, .. } => write!(f, "file {path}"),
+            Origin::Flag => write!(f, "command-line flag"),
+            Origin::Set { since } => write!(f, "smtp-xdp set, {}", crate::clock::rfc3339(*since)),
+        }
+    }
+}
+
+impl Settings {
+    /// A setting's value as an operator writes it in the config file (a TOML value).
+    pub fn value(&self, key: &str) -> Option<toml::Value> {
+        use toml::Value as V;
+        let s = |x: String| V::String(x);
+        let opt_rate = |r: &Option<Rate>| s(r.map_or("off".into(), |r| r.to_string()));
+        let opt_listen = |l: &Option<Listen>| s(l.as_ref().map_or("off".into(), |l| l.to_string()));
+        Some(match key {
+            "iface" => match &self.iface {
+                Some(i) => s(i.clone()),
+                None => return None,
+            },
+            "rate" => s(self.rate.to_string()),
+            "burst" => V::Integer(self.burst as i64),
+            "ports" => V::Array(self.ports.iter().map(|&p| V::Integer(p as i64)).collect()),
+            "ipv4-prefix" => V::Integer(self.ipv4_prefix as i64),
+            "ipv6-prefix" => V::Integer(self.ipv6_prefix as i64),
+            "max-sources" => V::Integer(self.max_sources as i64),
+            "max-bans" => V::Integer(self.max_bans as i64),
+            "xdp-mode" => s(match self.xdp_mode {
+                XdpMode::Auto => "auto",
+                XdpMode::Native => "native",
+                XdpMode::Skb => "skb",
+            }
+            .into()),
+            "dry-run" => V::Boolean(self.dry_run),
+            "ban-threshold" => V::Integer(self.ban_threshold as i64),
+            "ban-window" => s(self.ban_window.to_string()),
+            "ban" | "ban-time" => s(self.ban_time.to_string()),
+            "ban-max" => s(self.ban_max.to_string()),
+            "ban-memory" => s(self.ban_memory.to_string()),
+            "bounce-rate" => opt_rate(&self.bounce_rate),
+            "bounce-burst" => V::Integer(self.bounce_burst as i64),
+            "storm-rate" => opt_rate(&self.storm_rate),
+            "storm-factor" => V::Integer(self.storm_factor as i64),
+            "storm-hold" => s(self.storm_hold.to_string()),
+            "global-rate" => opt_rate(&self.global_rate),
+            "global-burst" => V::Integer(self.global_burst as i64),
+            "policy-listen" => opt_listen(&self.policy_listen),
+            "policy-action" => s(match self.policy_action {
+                PolicyAction::Dunno => "dunno",
+                PolicyAction::Defer => "defer",
+            }
+            .into()),
+            "metrics-listen" => opt_listen(&self.metrics_listen),
+            "top-offenders" => V::Integer(self.top_offenders as i64),
+            "state-dir" => s(self.state_dir.display().to_string()),
+            "save-interval" => s(self.save_interval.to_string()),
+            "log-format" => s(match self.log_format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            }
+            .into()),
+            "socketmap-listen" => opt_listen(&self.socketmap_listen),
+            "batv-domains" => V::Array(self.batv_domains.iter().cloned().map(s).collect()),
+            "batv-key-file" => s(self.batv_key_file.display().to_string()),
+            "batv-mode" => s(match self.batv_mode {
+                BatvMode::Monitor => "monitor",
+                BatvMode::Enforce => "enforce",
+            }
+            .into()),
+            "batv-grace" => s(self.batv_grace.to_string()),
+            "batv-exempt-recipients" => {
+                V::Array(self.batv_exempt_recipients.iter().cloned().map(s).collect())
+            }
+            _ => return None,
+        })
+    }
+
+    /// A setting's value as text (`30/min`, `true`, `25,465,587`), for messages.
+    pub fn value_text(&self, key: &str) -> String {
+        match self.value(key) {
+            Some(toml::Value::String(s)) => s,
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(v) => v.to_string(),
+            None => "(unset)".into(),
+        }
+    }
+
+    /// The effective settings as a config file: every key with its value and, as a comment,
+    /// where the value came from. Parses back to the same settings.
+    pub fn to_toml(&self, origins: &[(String, Origin)]) -> String {
+        let mut out = String::new();
+        for key in ALL_KEYS {
+            let origin = origins
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key || (*key == "ban-time" && k == "ban"))
+                .map_or(Origin::Default, |(_, o)| o.clone());
+            match self.value(key) {
+                Some(v) => out.push_str(&format!("{key} = {v}  # {origin}\n")),
+                None => out.push_str(&format!("# {key} = (unset)  # {origin}\n")),
+            }
+        }
+        out
+    }
+}
+
+/// Keys that need a restart (the kernel's table sizes, the attachment, listeners, paths). The
+/// rest change with a reload (SIGHUP), and those the kernel's policy holds also with `set`.
+pub const RESTART_KEYS: &[&str] = &[
+    "iface",
+    "max-sources",
+    "max-bans",
+    "xdp-mode",
+    "policy-listen",
+    "metrics-listen",
+    "socketmap-listen",
+    "state-dir",
+    "log-format",
+];
+
 /// Every key of the config file (and `run` flag).
 pub const ALL_KEYS: &[&str] = &[
     "iface",
@@ -885,6 +1039,59 @@ mod tests {
         assert_eq!(s.batv_key_path(), Path::new("/var/lib/x/batv.keys"));
         s.apply_key("batv-key-file", "/etc/smtp-xdp/keys").unwrap();
         assert_eq!(s.batv_key_path(), Path::new("/etc/smtp-xdp/keys"));
+    }
+
+    #[test]
+    fn effective_settings_print_as_a_config_that_parses_back() {
+        let p = Path::new("t.toml");
+        let text =
+            "rate = \"600/min\"\ndry-run = true\nglobal-rate = \"5/s\"\nports = [25, 2525]\n";
+        let f = Overrides::parse(p, text).unwrap();
+        let mut s = Settings::default();
+        f.apply(&mut s).unwrap();
+        let origins: Vec<(String, Origin)> = f
+            .pairs
+            .iter()
+            .zip(&f.lines)
+            .map(|((k, _), &line)| {
+                (
+                    k.clone(),
+                    Origin::File {
+                        path: "t.toml".into(),
+                        line,
+                    },
+                )
+            })
+            .collect();
+        let out = s.to_toml(&origins);
+        assert!(
+            out.contains("rate = \"600/min\"  # file t.toml:1\n"),
+            "{out}"
+        );
+        assert!(out.contains("burst = 10  # default\n"), "{out}");
+        assert!(
+            out.contains("ports = [25, 2525]  # file t.toml:4\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("Duration(") && !out.contains("Rate {"),
+            "{out}"
+        );
+        let back = Overrides::parse(p, &out).unwrap();
+        let mut s2 = Settings::default();
+        back.apply(&mut s2).unwrap();
+        assert_eq!(s2, s);
+    }
+
+    #[test]
+    fn a_section_is_reported_at_its_line() {
+        let e = Overrides::parse(
+            Path::new("t.toml"),
+            "rate = \"1/s\"\n\n[policy]\nburst = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3: [policy] is a section"), "{e}");
     }
 
     proptest! {

@@ -1,5 +1,6 @@
 //! smtp-xdp's controller library: everything the `smtp-xdp` binary does, usable by the tests.
 
+pub mod audit;
 pub mod batv;
 pub mod clock;
 pub mod config;

@@ -268,6 +268,13 @@ impl Maps {
             .map_err(map_err(names::USER_COUNTERS))
     }
 
+    /// Sets a controller-kept value (a gauge such as the census count).
+    pub fn set_user_counter(&mut self, c: UserCounter, v: u64) -> Result<()> {
+        self.user_counters
+            .set(c as u32, v, 0)
+            .map_err(map_err(names::USER_COUNTERS))
+    }
+
     pub fn add_user_counter(&mut self, c: UserCounter, n: u64) -> Result<()> {
         let v = self.user_counter(c)?;
         self.user_counters
@@ -569,6 +576,23 @@ impl Maps {
         }
         let empty = self.banned_nets_empty();
         self.refresh_present(present::BANNED_NETS, empty)?;
+        Ok(removed)
+    }
+
+    /// Removes every would-ban (monitor mode's record of what it would have banned). Returns
+    /// how many. Writers hold the lists lock.
+    pub fn clear_would_bans(&mut self) -> Result<u64> {
+        let mut removed = 0;
+        let keys: Vec<SourceKey> = self
+            .bans
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, b)| b.flags & smtp_xdp_common::ban_flags::WOULD != 0)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            removed += self.unban_source(&k)? as u64;
+        }
         Ok(removed)
     }
 

@@ -26,6 +26,7 @@ pub struct Cache {
     pub top: Vec<crate::stats::SourceRow>,
     pub bans_active_sources: u64,
     pub bans_active_nets: u64,
+    pub would_bans_active: u64,
     pub bans_stored: u64,
     pub attached: bool,
 }
@@ -292,6 +293,46 @@ impl Collector for Exporter {
                 ),
             ],
         )?;
+        counters(
+            &mut enc,
+            "would_bans",
+            "Bans monitor mode would have issued (dry-run), by reason and origin.",
+            [
+                (
+                    vec![
+                        ("reason", "rate".to_string()),
+                        ("origin", "kernel".to_string()),
+                    ],
+                    s.get(Counter::WouldBansRate),
+                ),
+                (
+                    vec![
+                        ("reason", "bounces".to_string()),
+                        ("origin", "kernel".to_string()),
+                    ],
+                    s.get(Counter::WouldBansBounces),
+                ),
+                (
+                    vec![
+                        ("reason", "bounces".to_string()),
+                        ("origin", "policy".to_string()),
+                    ],
+                    s.user(UserCounter::WouldBansBouncesPolicy),
+                ),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "would_bans_active",
+            "Would-bans (monitor mode) still running; they never drop.",
+            c.would_bans_active as f64,
+        )?;
+        counter(
+            &mut enc,
+            "state_save_failures",
+            "Saves of the state file that failed (each also logs a warning).",
+            s.user(UserCounter::StateSaveFailures),
+        )?;
         gauges(
             &mut enc,
             "bans_active",
@@ -507,6 +548,9 @@ pub const FAMILIES: &[&str] = &[
     "smtp_xdp_bounces_total",
     "smtp_xdp_bans_issued_total",
     "smtp_xdp_bans_active",
+    "smtp_xdp_would_bans_total",
+    "smtp_xdp_would_bans_active",
+    "smtp_xdp_state_save_failures_total",
     "smtp_xdp_ban_entries",
     "smtp_xdp_ban_capacity",
     "smtp_xdp_bans_expired_total",

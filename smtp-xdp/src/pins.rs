@@ -127,16 +127,12 @@ pub fn resolve(iface: Option<&str>) -> Result<String, PinError> {
 
 /// What is pinned for an interface.
 #[derive(Debug, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "read once per start or command; boxing the Meta buys nothing"
-)]
 pub enum PinState {
     Absent,
     /// A start was killed before it stamped the layout: safe to clear.
     Incomplete,
     /// A finished set-up of this layout.
-    Ready(Meta),
+    Ready(Box<Meta>),
     /// Pinned by a build with another map layout.
     OtherLayout(u32),
 }
@@ -150,7 +146,7 @@ pub fn inspect(dir: &Path) -> PinState {
     };
     match meta.layout {
         0 => PinState::Incomplete,
-        LAYOUT_VERSION => PinState::Ready(meta),
+        LAYOUT_VERSION => PinState::Ready(Box::new(meta)),
         other => PinState::OtherLayout(other),
     }
 }
@@ -158,6 +154,14 @@ pub fn inspect(dir: &Path) -> PinState {
 /// Removes an instance's pins (maps and link). Unpinning the link detaches the program once no
 /// process holds it any more.
 pub fn remove(dir: &Path) -> Result<(), PinError> {
+    // META first: a removal killed half-way then reads as an unfinished start, which the next
+    // start clears whole (restoring from the state file), never as pins to adopt half of.
+    let meta = dir.join(names::META);
+    match fs::remove_file(&meta) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&meta)(e)),
+    }
     match fs::read_dir(dir) {
         Ok(rd) => {
             for e in rd.flatten() {

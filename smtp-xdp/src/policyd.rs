@@ -89,8 +89,11 @@ impl Request {
         plaintext && port25
     }
 
+    /// The client's address; an IPv4-mapped IPv6 address (a dual-stack socket's view of an
+    /// IPv4 client) is the IPv4 address, as the kernel sees it.
     pub fn client(&self) -> Option<IpAddr> {
-        self.get("client_address")?.parse().ok()
+        let a: IpAddr = self.get("client_address")?.parse().ok()?;
+        Some(crate::units::canonical_addr(a))
     }
 }
 
@@ -334,6 +337,8 @@ struct UserBans<'m> {
     key: SourceKey,
     events: Vec<Event>,
     now: u64,
+    /// The source's bounce count, the value of a bounce-limit event (as in the kernel).
+    bounces: u64,
 }
 
 impl BanEnv for UserBans<'_> {
@@ -356,6 +361,8 @@ impl BanEnv for UserBans<'_> {
             ev.reason = b.reason;
             ev.level = b.level;
             ev.value = b.until - b.since;
+        } else if kind == event_kind::BOUNCE_LIMIT {
+            ev.value = self.bounces;
         }
         self.events.push(ev);
     }
@@ -363,6 +370,7 @@ impl BanEnv for UserBans<'_> {
     fn count(&mut self, counter: Counter) {
         let c = match counter {
             Counter::BansBounces => UserCounter::BansBouncesPolicy,
+            Counter::WouldBansBounces => UserCounter::WouldBansBouncesPolicy,
             _ => return,
         };
         let _ = self.maps.add_user_counter(c, 1);
@@ -469,6 +477,7 @@ pub fn record_bounce(
 ) -> Result<Recorded, MapsError> {
     let key = addr_key(addr, policy);
     let mut over_limit = false;
+    let mut bounces = 0;
     if what.count || what.charge {
         let mut st = maps.source(&key)?.unwrap_or_else(SourceState::default);
         if what.count {
@@ -479,6 +488,7 @@ pub fn record_bounce(
             over_limit = decide::charge_bounce_bucket(&mut st, policy, storm, now)
                 == BounceVerdict::OverLimit;
         }
+        bounces = st.bounces;
         maps.set_source(&key, &st)?;
         if what.count {
             maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
@@ -489,13 +499,16 @@ pub fn record_bounce(
         key,
         events: Vec::new(),
         now,
+        bounces,
     };
     let mut banned = None;
     if over_limit {
         env.event(event_kind::BOUNCE_LIMIT, None, now);
         banned = decide::ban_source(&mut env, ban_reason::BOUNCES, policy, now);
     }
-    let serving_ban = env.ban_entry().is_some_and(|b| bans::is_active(&b, now));
+    let serving_ban = env
+        .ban_entry()
+        .is_some_and(|b| bans::in_force(&b, now, policy.dry_run()));
     events.append(&mut env.events);
     Ok(Recorded {
         over_limit,

@@ -1,11 +1,18 @@
-//! The state file: bans (with their remaining time and escalation level) and both lists, saved
-//! so a reboot (which empties bpffs) forgets nothing.
+//! The state file: bans (with their remaining time and escalation level), both lists and the live
+//! `set` overrides, saved so a reboot (which empties bpffs) forgets nothing.
 //!
 //! Written atomically: a temporary file in the same directory, fsync, rename over the old one,
-//! fsync of the directory. A reader sees the old file or the new one, never a mix; a damaged
-//! file is refused with a message and left in place for inspection.
+//! fsync of the directory. A reader sees the old file or the new one, never a mix. Every writer
+//! (the daemon's periodic save, each CLI change, `detach`) holds the interface's write lock
+//! (`pins::lists_lock`) from its change to the pins until the file is on disk, and captures the
+//! bans and lists from the pins under it, so no writer ever drops another's change; fields only
+//! the file holds are carried over from the file on disk.
+//!
+//! Files of an older format are read (what they hold is understood); a file of a newer format is
+//! refused and never overwritten.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
@@ -14,7 +21,7 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use smtp_xdp_common::{ban_reason, Ban, SourceKey, FAMILY_V4, FAMILY_V6};
+use smtp_xdp_common::{ban_flags, ban_reason, Ban, SourceKey, FAMILY_V4, FAMILY_V6};
 use thiserror::Error;
 
 use crate::{
@@ -22,7 +29,8 @@ use crate::{
     maps::{BanEntry, BanTarget, List, Maps, MapsError},
 };
 
-pub const FORMAT: u32 = 1;
+/// The format this build writes. 1: bans and lists; 2: live overrides.
+pub const FORMAT: u32 = 2;
 /// Largest state file read back: bans (64k) and two full lists fit with room to spare.
 const MAX_BYTES: u64 = 512 << 20;
 
@@ -33,14 +41,15 @@ pub enum StateError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("state file {path} is damaged ({reason}); it was left as is. Move it away to start without saved bans and lists, or restore a backup")]
+    #[error("state file {path} is damaged ({reason})")]
     Damaged { path: PathBuf, reason: String },
+    #[error("state file {path} was written by a newer smtp-xdp (format {found}; this build reads up to {FORMAT}): run the newer version, or move the file away to start without its bans and lists")]
+    Newer { path: PathBuf, found: u32 },
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub format: u32,
     /// Unix time of the save.
@@ -49,13 +58,24 @@ pub struct StateFile {
     pub bans: Vec<SavedBan>,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// Live changes made with `smtp-xdp set`, by key, as the operator wrote them: they stay in
+    /// force across reloads and restarts until `set --reset`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, Override>,
     /// Unix time BATV was first switched on (the start of its grace period); kept for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batv_since: Option<u64>,
 }
 
+/// One live `set` change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub value: String,
+    /// Unix time it was set.
+    pub since: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedBan {
     /// The banned source (at the prefix it was counted by) or network.
     pub target: String,
@@ -67,6 +87,9 @@ pub struct SavedBan {
     pub since: u64,
     pub level: u32,
     pub reason: String,
+    /// A would-ban of monitor mode (never drops once enforcing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub would: bool,
 }
 
 pub fn reason_name(reason: u32) -> &'static str {
@@ -85,6 +108,29 @@ fn reason_code(name: &str) -> Option<u32> {
         "manual" => Some(ban_reason::MANUAL),
         _ => None,
     }
+}
+
+/// Checks at start that `dir` takes the state file: created if missing, a file written, synced
+/// and removed. A directory that cannot would lose every ban at the next reboot.
+pub fn check_dir(dir: &Path) -> Result<(), StateError> {
+    let io = |e| StateError::Io {
+        path: dir.to_path_buf(),
+        error: e,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    let probe = dir.join(format!(".smtp-xdp-probe.{}", std::process::id()));
+    let r = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|mut f| {
+            f.write_all(b"probe\n")?;
+            f.sync_all()
+        });
+    let _ = fs::remove_file(&probe);
+    r.map_err(io)
 }
 
 /// The state file of `iface` in `dir`.
@@ -111,6 +157,7 @@ impl StateFile {
                     since: clock::to_unix_secs(e.ban.since),
                     level: e.ban.level,
                     reason: reason_name(e.ban.reason).into(),
+                    would: e.ban.flags & ban_flags::WOULD != 0,
                 }
             })
             .collect();
@@ -128,6 +175,7 @@ impl StateFile {
             bans,
             allow: names(List::Allow)?,
             deny: names(List::Deny)?,
+            overrides: BTreeMap::new(),
             batv_since: None,
         })
     }
@@ -138,11 +186,11 @@ impl StateFile {
             path: path.to_path_buf(),
             reason,
         };
-        if self.format != FORMAT {
-            return Err(damaged(format!(
-                "format {} (this build reads {FORMAT})",
-                self.format
-            )));
+        if self.format > FORMAT {
+            return Err(StateError::Newer {
+                path: path.to_path_buf(),
+                found: self.format,
+            });
         }
         let nets = |v: &[String], what: &str| -> Result<Vec<IpNet>, StateError> {
             v.iter()
@@ -165,7 +213,8 @@ impl StateFile {
                 since: clock::from_unix_secs(b.since),
                 level: b.level.min(smtp_xdp_common::bans::MAX_LEVEL),
                 reason,
-                ..Ban::default()
+                flags: if b.would { ban_flags::WOULD } else { 0 },
+                _reserved: 0,
             };
             let target = match b.kind.as_str() {
                 "net" => BanTarget::Net(net),
@@ -244,6 +293,20 @@ impl StateFile {
                 reason: format!("larger than {MAX_BYTES} bytes"),
             });
         }
+        // The format number first: a newer file may not parse as this build's structure, and
+        // must be refused as newer rather than called damaged (and moved aside).
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        if let Ok(head) = serde_json::from_slice::<Head>(&text) {
+            if head.format > FORMAT {
+                return Err(StateError::Newer {
+                    path: path.to_path_buf(),
+                    found: head.format,
+                });
+            }
+        }
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| StateError::Damaged {
@@ -251,6 +314,38 @@ impl StateFile {
                 reason: e.to_string(),
             })
     }
+}
+
+/// Saves what the pins hold to `path`, carrying over what only the file holds (the live
+/// overrides, BATV's start) from the file on disk, after `edit` had its say. The caller holds the
+/// interface's write lock (`pins::lists_lock`) since its change to the pins.
+///
+/// A file on disk that is newer than this build is never overwritten; a damaged one is.
+pub fn save_from_pins(
+    maps: &Maps,
+    iface: &str,
+    path: &Path,
+    edit: impl FnOnce(&mut StateFile),
+) -> Result<(), StateError> {
+    let previous = match StateFile::load(path) {
+        Ok(p) => p,
+        Err(e @ StateError::Newer { .. }) => return Err(e),
+        Err(_) => None,
+    };
+    let mut file = StateFile::capture(maps, iface)?;
+    if let Some(p) = previous {
+        file.overrides = p.overrides;
+        file.batv_since = p.batv_since;
+    }
+    edit(&mut file);
+    file.save(path)
+}
+
+/// The live overrides recorded in a state file (none when there is no file).
+pub fn overrides(path: &Path) -> Result<BTreeMap<String, Override>, StateError> {
+    Ok(StateFile::load(path)?
+        .map(|f| f.overrides)
+        .unwrap_or_default())
 }
 
 /// A state file's content, checked and converted.
@@ -309,9 +404,11 @@ mod tests {
                 since: 1_795_000_000,
                 level: 2,
                 reason: "rate".into(),
+                would: false,
             }],
             allow: vec!["192.0.2.0/24".into()],
             deny: vec!["2001:db8::/32".into()],
+            overrides: BTreeMap::new(),
             batv_since: Some(1_794_000_000),
         }
     }
@@ -343,16 +440,37 @@ mod tests {
         ] {
             fs::write(&p, &bytes).unwrap();
             let e = StateFile::load(&p).unwrap_err().to_string();
-            assert!(
-                e.contains("is damaged") && e.contains("Move it away"),
-                "{what}: {e}"
-            );
+            assert!(e.contains("is damaged"), "{what}: {e}");
         }
         let mut bad = sample();
         bad.bans[0].target = "nonsense".into();
         let e = bad.decode(&p).unwrap_err().to_string();
         assert!(e.contains("ban target \"nonsense\" is not a CIDR"), "{e}");
         assert_eq!(StateFile::load(&dir.join("missing")).unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn older_files_are_read_and_newer_ones_refused() {
+        let dir = std::env::temp_dir().join(format!("smtp-xdp-formats-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        // Format 1 had no overrides and no would flag.
+        fs::write(
+            &p,
+            r#"{"format":1,"saved_at":1,"iface":"veth0","bans":[{"target":"198.18.0.7/32","kind":"source","until":2,"since":1,"level":0,"reason":"rate"}],"allow":[],"deny":[]}"#,
+        )
+        .unwrap();
+        let f = StateFile::load(&p).unwrap().unwrap();
+        assert_eq!(f.decode(&p).unwrap().bans.len(), 1);
+        // A newer build's file, with fields this build does not know: refused as newer.
+        let newer =
+            r#"{"format":9,"saved_at":1,"iface":"veth0","bans":{"v":"new shape"},"future":true}"#;
+        fs::write(&p, newer).unwrap();
+        let e = StateFile::load(&p).unwrap_err();
+        assert!(matches!(e, StateError::Newer { found: 9, .. }), "{e}");
+        assert!(e.to_string().contains("newer smtp-xdp"), "{e}");
+        assert_eq!(fs::read_to_string(&p).unwrap(), newer, "never touched");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,9 @@ use std::{cmp::Reverse, collections::BinaryHeap};
 
 use aya::maps::{HashMap, MapData};
 use serde::Serialize;
-use smtp_xdp_common::{Counter, Meta, Policy, PortStats, SourceKey, SourceState, UserCounter};
+use smtp_xdp_common::{
+    ban_flags, Counter, Meta, Policy, PortStats, SourceKey, SourceState, UserCounter,
+};
 
 use crate::maps::{BanTarget, Maps, MapsError};
 
@@ -20,6 +22,8 @@ pub struct Snapshot {
     pub meta: Meta,
     pub bans_active_sources: u64,
     pub bans_active_nets: u64,
+    /// Would-bans (monitor mode) still running; not counted as active bans.
+    pub would_bans_active: u64,
     pub bans_stored: u64,
 }
 
@@ -31,6 +35,13 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
     (UserCounter::PolicyErrors, "policy_errors"),
     (UserCounter::BansExpired, "bans_expired"),
     (UserCounter::StormsStarted, "storms_started"),
+    (
+        UserCounter::WouldBansBouncesPolicy,
+        "would_bans_bounces_policy",
+    ),
+    (UserCounter::StateSaveFailures, "state_save_failures"),
+    (UserCounter::CensusTracked, "census_tracked"),
+    (UserCounter::CensusAt, "census_at"),
     (UserCounter::BatvValid, "batv_valid"),
     (UserCounter::BatvBackscatter, "batv_backscatter"),
     (UserCounter::BatvUntaggedGrace, "batv_untagged_grace"),
@@ -49,7 +60,7 @@ impl Snapshot {
         for (c, _) in USER_COUNTER_NAMES {
             user[c as usize] = maps.user_counter(c)?;
         }
-        let (mut src, mut nets, mut stored) = (0, 0, 0);
+        let (mut src, mut nets, mut would, mut stored) = (0, 0, 0, 0);
         let entries = if with_bans {
             maps.ban_entries()?
         } else {
@@ -58,6 +69,10 @@ impl Snapshot {
         for e in entries {
             let active = smtp_xdp_common::bans::is_active(&e.ban, now);
             match e.target {
+                BanTarget::Source(_) if e.ban.flags & ban_flags::WOULD != 0 => {
+                    stored += 1;
+                    would += active as u64;
+                }
                 BanTarget::Source(_) => {
                     stored += 1;
                     src += active as u64;
@@ -77,6 +92,7 @@ impl Snapshot {
             meta: maps.meta()?,
             bans_active_sources: src,
             bans_active_nets: nets,
+            would_bans_active: would,
             bans_stored: stored,
         })
     }
@@ -194,7 +210,8 @@ pub fn census(
             continue;
         }
         let sc = score(&state);
-        if sc == (0, 0) {
+        // Ranked by drops, a source without drops is no offender (and so on).
+        if sc.0 == 0 {
             continue;
         }
         heap.push(Reverse(Candidate {

@@ -278,15 +278,41 @@ pub fn parse_prefix(family: &'static str, s: &str, max: u32) -> Result<u32, Valu
     Ok(v)
 }
 
-/// Parses an address (a host route) or a CIDR network, normalised to its network address.
+/// Parses an address (a host route) or a CIDR network, normalised to its network address. An
+/// IPv4-mapped IPv6 address or network (`::ffff:192.0.2.7`, `::ffff:192.0.2.0/120`) is the IPv4
+/// one: the kernel sees such a client as IPv4, so that is the only form that can match.
 pub fn parse_net(s: &str) -> Result<IpNet, ValueError> {
     let t = s.trim();
-    if let Ok(net) = t.parse::<IpNet>() {
-        return Ok(net.trunc());
+    let net = match t.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => t
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| ValueError::Net(s.to_string()))?,
+    };
+    Ok(canonical_net(net))
+}
+
+/// An IPv4-mapped IPv6 network as the IPv4 network it stands for; other networks unchanged.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net {
+        if let Some(v4) = n.network().to_ipv4_mapped() {
+            if n.prefix_len() >= 96 {
+                if let Ok(v4net) = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96) {
+                    return IpNet::V4(v4net.trunc());
+                }
+            }
+        }
     }
-    t.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| ValueError::Net(s.to_string()))
+    net
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address; other addresses unchanged.
+pub fn canonical_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Parses a boolean setting (`true/false`, `yes/no`, `on/off`, `1/0`).
@@ -405,6 +431,17 @@ mod tests {
         for bad in ["300.1.1.1", "1.2.3.4/33", "nope", "", "2001:db8::/129"] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+        // IPv4-mapped IPv6 is IPv4 everywhere.
+        assert_eq!(
+            parse_net("::ffff:198.19.7.2").unwrap().to_string(),
+            "198.19.7.2/32"
+        );
+        assert_eq!(
+            parse_net("::ffff:198.19.7.0/120").unwrap().to_string(),
+            "198.19.7.0/24"
+        );
+        assert_eq!(parse_net("::ffff:0:0/96").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(parse_net("::/64").unwrap().to_string(), "::/64");
     }
 
     proptest! {

@@ -165,6 +165,24 @@ impl Lab {
         self.exec_client(&args);
     }
 
+    /// A TCP listener bound to `addr` inside network namespace `ns` (held by the test: e.g. to
+    /// take a port a controller then cannot bind). The socket keeps its namespace after the
+    /// helper thread that created it ends.
+    pub fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
+        let path = format!("/run/netns/{ns}");
+        let addr = addr.to_string();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("namespace file");
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only, with a namespace file descriptor we opened.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path}");
+            std::net::TcpListener::bind(&addr).expect("bind inside the namespace")
+        })
+        .join()
+        .expect("listener thread")
+    }
+
     /// A command run inside a namespace with `ip netns exec` (own mount namespace: bpffs pins of
     /// the root namespace are not visible there).
     pub fn in_ns(ns: &str, args: &[&str]) -> Command {

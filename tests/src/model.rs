@@ -31,7 +31,7 @@ pub struct Model {
     pub global: [u64; MAX_PORTS],
     pub storm: bool,
     /// Events emitted, by kind (index = `event_kind`).
-    pub events: [u64; 4],
+    pub events: [u64; event_kind::COUNT as usize],
 }
 
 impl Model {
@@ -62,7 +62,7 @@ impl Model {
             port_stats: [PortStats::default(); MAX_PORTS],
             global: [0; MAX_PORTS],
             storm: false,
-            events: [0; 4],
+            events: [0; event_kind::COUNT as usize],
         }
     }
 

@@ -59,8 +59,8 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     m.banned_nets.push((net_ban, b));
 
     let mut ring = aya::maps::RingBuf::try_from(k.ebpf.take_map("EVENTS").unwrap()).unwrap();
-    let mut events = [0u64; 4];
-    let mut drain = |events: &mut [u64; 4]| {
+    let mut events = [0u64; smtp_xdp_common::event_kind::COUNT as usize];
+    let mut drain = |events: &mut [u64; smtp_xdp_common::event_kind::COUNT as usize]| {
         while let Some(item) = ring.next() {
             let ev = smtp_xdp::events::decode(&item).expect("a whole event");
             events[ev.kind as usize] += 1;
@@ -74,6 +74,12 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
             // Half-way, a storm starts: tighter bounce limits on both sides.
             k.maps.set_storm(true).unwrap();
             m.storm = true;
+        }
+        if dry_run && i == frames * 3 / 4 {
+            // Monitor mode ends: would-bans must stop counting on both sides alike.
+            let enforce = settings(false, batv);
+            k.set(&enforce);
+            m.policy = enforce.policy();
         }
         let f = gen::frame(&mut rng, &pool);
         let want = m.run(&f, clock::boot_ns());
@@ -110,9 +116,16 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     kbans.sort_by_key(|(key, _)| *key);
     let mut mbans: Vec<_> = m.bans.iter().map(|(a, b)| (*a, *b)).collect();
     mbans.sort_by_key(|(key, _)| *key);
-    let names = |v: &[(smtp_xdp_common::SourceKey, Ban)]| -> Vec<(String, u32, u32)> {
+    let names = |v: &[(smtp_xdp_common::SourceKey, Ban)]| -> Vec<(String, u32, u32, u32)> {
         v.iter()
-            .map(|(key, b)| (key_net(key, Some(&policy)).to_string(), b.level, b.reason))
+            .map(|(key, b)| {
+                (
+                    key_net(key, Some(&policy)).to_string(),
+                    b.level,
+                    b.reason,
+                    b.flags,
+                )
+            })
             .collect()
     };
     assert_eq!(

@@ -130,7 +130,14 @@ fn a_list_import_killed_half_way_leaves_the_old_list_or_the_new() {
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..10 {
         assert!(lab
-            .cli(&["deny", "load", small.to_str().unwrap(), "--iface", &iface])
+            .cli(&[
+                "deny",
+                "load",
+                small.to_str().unwrap(),
+                "--force",
+                "--iface",
+                &iface
+            ])
             .status
             .success());
         let mut load = std::process::Command::new(&bin)

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{HashMap as AyaHashMap, MapData};
-use smtp_xdp_common::{names, Counter, SourceKey, SourceState};
+use smtp_xdp_common::{names, Counter, SourceKey, SourceState, UserCounter};
 
 use super::shared::Shared;
 use crate::{clock, stats};
@@ -30,7 +30,12 @@ fn count_once(s: &Shared) -> Option<()> {
     let k = s.settings.read().ok()?.top_offenders;
     let now = clock::boot_ns();
     let census = stats::census(&sources, now, k, stats::Rank::Drops, 600 * 1_000_000_000);
-    let policy = s.maps.lock().ok()?.policy().ok().flatten();
+    let policy = {
+        let mut maps = s.maps.lock().ok()?;
+        let _ = maps.set_user_counter(UserCounter::CensusTracked, census.tracked);
+        let _ = maps.set_user_counter(UserCounter::CensusAt, clock::boot_ns());
+        maps.policy().ok().flatten()
+    };
     let rows = stats::rows(&census, policy.as_ref(), now);
     let mut c = s.cache.lock().ok()?;
     c.tracked = census.tracked;

@@ -43,6 +43,19 @@ pub async fn read(ring: RingBuf<MapData>, shared: Arc<Shared>) {
     }
 }
 
+/// Writes the summary of events not logged one by one, at a steady cadence (not only when the
+/// next event happens to arrive), until the task is dropped.
+pub async fn summarise(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(events::SUMMARY_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Ok(mut log) = shared.events.lock() {
+            log.write_summary(events::SUMMARY_INTERVAL);
+        }
+    }
+}
+
 /// Forwards aya-log records of the program into the controller's log.
 pub async fn forward_log(logger: aya_log::EbpfLogger<&'static events::KernelLog>) {
     // SAFETY: the logger owns its ring buffer descriptor while the AsyncFd holds it.

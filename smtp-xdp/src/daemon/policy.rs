@@ -126,15 +126,16 @@ impl Handler for PolicyService {
 impl PolicyService {
     /// One line per backscatter source a minute at most, within the overall line budget.
     fn log_backscatter(&self, l: &BackscatterLine, req: &Request) {
+        let source = l.client.to_string();
         let admitted = self
             .shared
             .events
             .lock()
-            .is_ok_and(|mut log| log.admit(&l.event, Instant::now()));
+            .is_ok_and(|mut log| log.admit(&l.event, &source, Instant::now()));
         if admitted {
             tracing::warn!(
                 event = "backscatter",
-                source = %l.client,
+                source,
                 recipient = req.get("recipient").unwrap_or(""),
                 why = l.why.name(),
                 refused = l.refused,

@@ -1,17 +1,29 @@
-//! SIGHUP: the config file read again and the policy in force replaced atomically; an invalid
-//! file is refused and the policy stays. Settings that need a restart are named.
+//! SIGHUP: the config file read again, with the live `set` overrides on top, and the policy in
+//! force replaced atomically; an invalid file is refused and the policy stays. Every setting that
+//! changes is named in the log; settings that need a restart are named with a warning.
 
 use super::shared::Shared;
-use crate::{config::Settings, daemon::RunOptions};
+use crate::{
+    config::{Settings, ALL_KEYS, RESTART_KEYS},
+    daemon::RunOptions,
+    state,
+};
 
 pub fn reload(shared: &Shared, opts: &RunOptions) {
-    let new = match super::resolve_settings(opts) {
-        Ok((s, _)) => s,
+    let mut resolved = match super::resolve_settings(opts) {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "reload refused; the policy in force stays");
+            tracing::error!(error = %format!("{e:#}"), "reload refused; the policy in force stays");
             return;
         }
     };
+    match state::overrides(&shared.state_path) {
+        Ok(o) => super::apply_live_overrides(&mut resolved, &o, "reload"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload: cannot read the live overrides; applying the config alone")
+        }
+    }
+    let new = resolved.settings;
     let old = shared.settings();
     if let Err(e) =
         super::batv::check_reload(&old, &new).and_then(|()| super::batv::reload(shared, &new))
@@ -19,7 +31,7 @@ pub fn reload(shared: &Shared, opts: &RunOptions) {
         tracing::error!(error = %format!("{e:#}"), "reload refused; the policy in force stays");
         return;
     }
-    warn_restart_only(&old, &new);
+    log_changes(&old, &new);
     let applied = shared.maps.lock().map_err(|_| ()).and_then(|mut m| {
         m.set_policy(&new.policy())
             .map_err(|e| tracing::error!(error = %e, "reload: writing the policy failed"))
@@ -32,26 +44,21 @@ pub fn reload(shared: &Shared, opts: &RunOptions) {
     }
 }
 
-fn warn_restart_only(old: &Settings, new: &Settings) {
-    for (what, changed) in [
-        ("iface", old.iface != new.iface),
-        ("max-sources", old.max_sources != new.max_sources),
-        ("max-bans", old.max_bans != new.max_bans),
-        ("xdp-mode", old.xdp_mode != new.xdp_mode),
-        ("metrics-listen", old.metrics_listen != new.metrics_listen),
-        ("policy-listen", old.policy_listen != new.policy_listen),
-        (
-            "socketmap-listen",
-            old.socketmap_listen != new.socketmap_listen,
-        ),
-        ("state-dir", old.state_dir != new.state_dir),
-        ("log-format", old.log_format != new.log_format),
-    ] {
-        if changed {
+fn log_changes(old: &Settings, new: &Settings) {
+    for key in ALL_KEYS {
+        let (was, now) = (old.value_text(key), new.value_text(key));
+        if was == now {
+            continue;
+        }
+        if RESTART_KEYS.contains(key) {
             tracing::warn!(
-                setting = what,
+                setting = key,
+                was,
+                configured = now,
                 "changed in the config; takes effect at the next restart"
             );
+        } else {
+            tracing::info!(setting = key, was, now, "reload: setting changed");
         }
     }
 }

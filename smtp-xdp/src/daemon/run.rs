@@ -15,7 +15,7 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    batv, census, exporter, kernel_events, persist, policy, reload, resolve_settings,
+    audit, batv, census, exporter, kernel_events, mode, persist, policy, reload, resolve_settings,
     shared::Shared,
     socketmap,
     startup::{self, Started},
@@ -101,10 +101,10 @@ impl Listeners {
 /// The daemon. Returns the process exit code.
 pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let mut signals = Signals::install()?;
-    let (settings, config_path) = resolve_settings(&opts)?;
+    let resolved = resolve_settings(&opts)?;
     host::require_privileges("smtp-xdp run")?;
     pins::ensure_bpffs()?;
-    let iface = match &settings.iface {
+    let iface = match &resolved.settings.iface {
         Some(i) => i.clone(),
         None => host::default_route_iface()?,
     };
@@ -113,12 +113,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     };
     let _lock = pins::lock(&iface, "daemon")?;
     let dir = pins::dir(&iface);
-    let state_path = state::path(&settings.state_dir, &iface);
+    let state_dir = &resolved.settings.state_dir;
+    state::check_dir(state_dir).with_context(|| {
+        format!(
+            "state-dir {} cannot hold the state file, so bans and lists would not survive a reboot: choose a writable directory with --state-dir",
+            state_dir.display()
+        )
+    })?;
+    let state_path = state::path(state_dir, &iface);
+    if opts.fresh && state_path.exists() {
+        let aside = persist::move_aside(&state_path, "before-fresh");
+        tracing::warn!(moved_to = %aside.display(), "--fresh: starting without saved bans, lists and overrides; the old state file was kept aside");
+    }
+    let mut resolved = resolved;
+    super::apply_live_overrides(&mut resolved, &state::overrides(&state_path)?, "start");
+    let settings = resolved.settings.clone();
+    let config_path = resolved.config.clone();
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
-        persist::read(&state_path)
+        persist::read(&state_path)?
     } else {
         None
     };
@@ -187,10 +202,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(kernel_events::read(ring, shared.clone()));
+    tasks.spawn(kernel_events::summarise(shared.clone()));
     if let Some(logger) = kernel_log {
         tasks.spawn(kernel_events::forward_log(logger));
     }
     tasks.spawn(census::run(shared.clone()));
+    tasks.spawn(audit::run(shared.clone()));
+    tasks.spawn(mode::run(shared.clone()));
     tasks.spawn(sweep::run(shared.clone()));
     tasks.spawn(storm::run(shared.clone()));
     tasks.spawn(persist::run(shared.clone()));
@@ -210,7 +228,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let exit = loop {
         tokio::select! {
             _ = signals.stop.changed() => break 0,
-            _ = signals.hup.recv() => reload::reload(&shared, &opts),
+            _ = signals.hup.recv() => {
+                let s = shared.clone();
+                let o = opts.clone();
+                let _ = tokio::task::spawn_blocking(move || reload::reload(&s, &o)).await;
+            }
             _ = tick.tick() => {
                 if host::ifindex(&iface) != Some(index) {
                     tracing::error!(iface, "the interface disappeared and its XDP program with it; removing the pins and exiting");
@@ -220,8 +242,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         }
     };
     tasks.abort_all();
-    if let Err(e) = persist::save(&dir, &iface, &state_path, shared.batv_since()) {
-        tracing::error!(error = %format!("{e:#}"), "saving state failed");
+    if let Ok(mut log) = shared.events.lock() {
+        log.write_summary(crate::events::SUMMARY_INTERVAL);
+    }
+    if exit != EXIT_IFACE_GONE && !persist::save_logged(&shared) {
+        // Nothing may be lost: the pins hold the only copy of what changed since the last
+        // save, so they stay (and the program stays attached) until a save succeeds.
+        drop(link);
+        bail!(
+            "stopping without detaching: the state could not be saved to {}, so the program stays attached and its pins stay under {}; make the state directory writable, then run `smtp-xdp detach --iface {iface}` (it saves first)",
+            state_path.display(),
+            dir.display()
+        );
     }
     if exit == EXIT_IFACE_GONE {
         drop(link);

@@ -53,7 +53,7 @@ pub fn inspect(iface: &str, dir: &Path, fresh: bool) -> anyhow::Result<Option<Me
              restored from the state file), or start with --fresh",
             dir.display()
         ),
-        PinState::Ready(meta) => Ok(Some(meta)),
+        PinState::Ready(meta) => Ok(Some(*meta)),
     }
 }
 

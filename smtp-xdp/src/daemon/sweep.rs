@@ -34,6 +34,7 @@ fn sweep_once(s: &Shared) -> anyhow::Result<()> {
     if let Ok(mut c) = s.cache.lock() {
         c.bans_active_sources = snap.bans_active_sources;
         c.bans_active_nets = snap.bans_active_nets;
+        c.would_bans_active = snap.would_bans_active;
         c.bans_stored = snap.bans_stored;
     }
     Ok(())

@@ -7,7 +7,7 @@ use smtp_xdp::{
     config::{Overrides, Settings, DEFAULT_CONFIG},
 };
 
-use crate::{BatvKeys, BatvOp};
+use crate::cli::{BatvKeys, BatvOp};
 
 pub fn run(op: BatvOp) -> anyhow::Result<i32> {
     match op {
