@@ -90,16 +90,26 @@ pub fn save_logged(shared: &Shared) -> bool {
     }
 }
 
-/// Saves every `save-interval` until the task is dropped.
+/// Least time between two saves asked for by new bans: a ban flood costs one save a second.
+const SOON: Duration = Duration::from_secs(1);
+
+/// Saves every `save-interval`, and about a second after a ban was issued, until the task is
+/// dropped.
 pub async fn run(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Instant::now();
+    let mut wanted = false;
     loop {
-        tick.tick().await;
-        if last.elapsed() < shared.settings().save_interval.as_std() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.save_soon.notified() => wanted = true,
+        }
+        let due = last.elapsed() >= shared.settings().save_interval.as_std();
+        if !(due || (wanted && last.elapsed() >= SOON)) {
             continue;
         }
         last = Instant::now();
+        wanted = false;
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || save_logged(&s)).await;
     }

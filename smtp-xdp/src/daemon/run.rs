@@ -198,6 +198,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         bans_capacity,
         batv: RwLock::new(batv.batv),
         batv_since: Mutex::new(batv.since),
+        save_soon: tokio::sync::Notify::new(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

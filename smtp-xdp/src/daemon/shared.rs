@@ -41,6 +41,9 @@ pub struct Shared {
     pub batv: RwLock<Option<Arc<Batv>>>,
     /// Unix time BATV was first switched on (kept in the state file).
     pub batv_since: Mutex<Option<u64>>,
+    /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
+    /// it within about a second rather than at the next `save-interval`.
+    pub save_soon: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -76,10 +79,17 @@ impl Shared {
         })
     }
 
-    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy".
+    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy". A ban
+    /// among them asks for a save soon.
     pub fn log_events(&self, evs: &[Event], origin: &str) {
         if evs.is_empty() {
             return;
+        }
+        if evs
+            .iter()
+            .any(|e| e.kind == smtp_xdp_common::event_kind::BAN)
+        {
+            self.save_soon.notify_one();
         }
         let policy = self
             .maps
