@@ -97,6 +97,7 @@ pub fn reason_name(reason: u32) -> &'static str {
         ban_reason::RATE => "rate",
         ban_reason::BOUNCES => "bounces",
         ban_reason::MANUAL => "manual",
+        ban_reason::DNSBL => "dnsbl",
         _ => "unknown",
     }
 }
@@ -106,6 +107,7 @@ fn reason_code(name: &str) -> Option<u32> {
         "rate" => Some(ban_reason::RATE),
         "bounces" => Some(ban_reason::BOUNCES),
         "manual" => Some(ban_reason::MANUAL),
+        "dnsbl" => Some(ban_reason::DNSBL),
         _ => None,
     }
 }
