@@ -10,7 +10,9 @@
 //! source is over a limit, never for an admitted SYN: over its rate its SYNs are admitted and
 //! counted, over its bounce limit its bounces only counted, and no ban is ever issued for it.
 
-use crate::{ban_reason, bans, bans::Offence, limiter::Gcra, Ban, Counter, Policy, SourceState};
+use crate::{
+    ban_reason, bans, bans::Offence, limiter::Gcra, source_flags, Ban, Counter, Policy, SourceState,
+};
 
 /// Why a SYN is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,23 +266,14 @@ pub fn charge_bounce_bucket(
     match gcra.admit(state.bounce_tat, now) {
         Some(tat) => {
             state.bounce_tat = tat;
+            state.flags &= !source_flags::BOUNCE_OVER;
             BounceVerdict::Counted
         }
-        None => BounceVerdict::OverLimit,
+        None => {
+            state.flags |= source_flags::BOUNCE_OVER;
+            BounceVerdict::OverLimit
+        }
     }
-}
-
-/// Whether the source's bounce bucket would refuse one more bounce now (with the storm limit in
-/// a storm), without charging it: how the policy service tells that a trusted relay, which is
-/// never banned, is over the limit the kernel charges.
-#[inline(always)]
-pub fn bounce_bucket_full(state: &SourceState, policy: &Policy, storm: bool, now: u64) -> bool {
-    let gcra = if storm {
-        &policy.bounce_storm
-    } else {
-        &policy.bounce
-    };
-    gcra.enabled() && gcra.admit(state.bounce_tat, now).is_none()
 }
 
 #[cfg(test)]
@@ -530,6 +523,10 @@ mod tests {
             BounceVerdict::OverLimit
         );
         assert_eq!(st.bounces, 5);
+        assert_eq!(
+            st.flags & source_flags::BOUNCE_OVER,
+            source_flags::BOUNCE_OVER
+        );
         // In a storm with factor 4, the burst is 1.
         let mut st = SourceState::default();
         assert_eq!(

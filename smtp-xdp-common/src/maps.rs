@@ -153,7 +153,16 @@ pub struct SourceState {
     pub bounces: u64,
     /// Rate drops inside the current offence window.
     pub window_drops: u32,
-    pub _reserved: u32,
+    /// [`source_flags`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`SourceState::flags`].
+pub mod source_flags {
+    /// The last bounce charged to the source's bounce bucket was over the limit (cleared by the
+    /// next one within it). The policy service reads it for a trusted relay, which is never
+    /// banned, to refuse its over-limit messages one by one.
+    pub const BOUNCE_OVER: u32 = 1;
 }
 
 /// Why a source is in the penalty box.
@@ -417,8 +426,8 @@ impl Counter {
             Counter::WouldBansBounces => "would_bans_bounces",
             Counter::SynTrusted => "syn_trusted",
             Counter::TrustedBounces => "trusted_bounces",
-            Counter::BansDnsbl => "bans_dnsbl",
-            Counter::WouldBansDnsbl => "would_bans_dnsbl",
+            Counter::BansDnsbl => "bans_dnsbl_kernel",
+            Counter::WouldBansDnsbl => "would_bans_dnsbl_kernel",
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::{
 use smtp_xdp_common::{
     bans,
     decide::{self, BanEnv, BounceVerdict},
-    event_kind, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
+    event_kind, source_flags, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
 };
 
 pub use crate::listener::{bind, Bound};
@@ -329,8 +329,9 @@ pub struct Recorded {
     pub banned: Option<Ban>,
     /// The source is serving a ban (issued now or before).
     pub serving_ban: bool,
-    /// A trusted relay (never banned) whose bounce bucket, charged by the kernel or by this
-    /// message's first recipient, is full: its message is refused like an over-limit one.
+    /// A trusted relay (never banned) whose last bounce, charged by the kernel or by this
+    /// message's first recipient, was over the limit: its message is refused like any
+    /// over-limit one.
     pub trusted_full: bool,
 }
 
@@ -494,7 +495,7 @@ pub struct Charge {
     /// Charge it to the source's bounce bucket.
     pub charge: bool,
     /// Not charged here (the kernel charged it, or an earlier recipient did): for a trusted
-    /// relay, which is never banned, look at whether its bucket is full.
+    /// relay, which is never banned, look at whether that charge was over the limit.
     pub peek: bool,
 }
 
@@ -552,7 +553,7 @@ pub fn record_bounce(
         && env
             .maps
             .source(&key)?
-            .is_some_and(|st| decide::bounce_bucket_full(&st, policy, storm, now));
+            .is_some_and(|st| st.flags & source_flags::BOUNCE_OVER != 0);
     events.append(&mut env.events);
     Ok(Recorded {
         over_limit,
