@@ -478,6 +478,15 @@ mod tests {
             (b.reason, env.events[event_kind::BAN as usize]),
             (ban_reason::DNSBL, 1)
         );
+        let mut dry = p;
+        dry.flags |= crate::policy_flags::DRY_RUN;
+        let mut env = OneSource::default();
+        let b = ban_source(&mut env, ban_reason::DNSBL, &dry, now).unwrap();
+        assert_eq!(
+            (b.flags, env.events[event_kind::WOULD_BAN as usize]),
+            (crate::ban_flags::WOULD, 1),
+            "a would-ban in monitor mode"
+        );
     }
 
     #[test]

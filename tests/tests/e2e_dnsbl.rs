@@ -232,6 +232,21 @@ fn dnsbl_check_prints_every_lists_answer_and_the_score() {
             && text.contains("score -3: trusted relay"),
         "{text}"
     );
+    // Bad lists refuse the start before anything is attached.
+    let err = lab.run_controller_failing(
+        &[],
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--dnsbl-sites",
+            "bl.test=127.0.0.[2..x]*3",
+        ],
+    );
+    assert!(
+        err.contains("dnsbl-sites") && err.contains("reply filter"),
+        "{err}"
+    );
+    assert!(!lab.xdp_attached());
     // The server down: no answer, exit 1, nothing decided.
     nsd.stop();
     let (code, v) = check(&src.listed);
@@ -606,6 +621,53 @@ fn a_spoofed_flood_makes_a_bounded_number_of_lookups() {
         "listed banned after the flood",
         || banned_for(&lab, &format!("{}/32", src.listed)).is_some(),
     );
+    lab.stop_controller(pid);
+    drop(nsd);
+}
+
+#[test]
+fn trust_ends_with_the_answer_and_is_renewed_while_the_relay_sends() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let src = Sources::new(&lab);
+    let nsd = Nsd::start(&lab.server_ns, PORT, &src.zones());
+    // Answers held 12 s at most (wl.test's TTL is an hour).
+    let mut args = vec![
+        "--rate".to_string(),
+        "60/min".into(),
+        "--burst".into(),
+        "3".into(),
+        "--ban-threshold".into(),
+        "0".into(),
+        "--dnsbl-ttl".into(),
+        "12s".into(),
+    ];
+    args.extend(dnsbl_args(&lab, &nsd));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pid = lab.start_controller(&args);
+    let iface = lab.server_if.clone();
+    // Trusted at its first rate drop; it keeps sending (ten SYNs a second) for 16 s, longer
+    // than the answer holds: asked again before it expires, it never loses the trust.
+    let f = lab.flood(&src.relay2, 25, 10, 2000);
+    assert!(f.received >= 3, "{f:?}");
+    wait_for(Duration::from_secs(10), "trusted", || {
+        stat(&iface, "dnsbl_trusted") == 1
+    });
+    let before = stat(&iface, "drop_rate");
+    let f = lab.flood(&src.relay2, 25, 160, 100_000);
+    assert_eq!(f.received, f.sent, "{f:?}");
+    assert_eq!(stat(&iface, "drop_rate"), before, "not one SYN dropped");
+    assert!(
+        stat(&iface, "dnsbl_trusted") >= 2,
+        "asked again while sending"
+    );
+    // Silent for longer than the answer: the trust is gone, and its SYNs over the rate are
+    // dropped again (until its next first drop asks the lists once more).
+    std::thread::sleep(Duration::from_secs(25));
+    let before = stat(&iface, "drop_rate");
+    let f = lab.flood(&src.relay2, 25, 10, 100);
+    assert!(f.received < f.sent, "{f:?}");
+    assert!(stat(&iface, "drop_rate") > before);
     lab.stop_controller(pid);
     drop(nsd);
 }

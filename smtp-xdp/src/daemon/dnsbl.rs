@@ -43,9 +43,14 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const LOOKUPS_PER_SEC: f64 = 50.0;
 /// Answers cached at once.
 pub const MAX_CACHED: usize = 32_768;
-/// A trusted relay still sending is asked again this long before its answer expires, so its
-/// trust does not lapse while the lists still vouch for it.
-const REFRESH_BEFORE: Duration = Duration::from_secs(60);
+/// How often trust entries are checked (expired ones removed, expiring ones asked again).
+const MAINTAIN_EVERY: u64 = 10;
+/// A trusted relay still sending is asked again when its answer has less than this left (two
+/// checks' worth, or a tenth of its TTL when that is more), so its trust does not lapse while
+/// the lists still vouch for it.
+fn refresh_before(ttl_ns: u64) -> u64 {
+    (2 * MAINTAIN_EVERY * smtp_xdp_common::NS_PER_SEC).max(ttl_ns / 10)
+}
 /// Lines about lookups without an answer: at most one per this interval.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -490,7 +495,7 @@ impl Service {
         let dropped = self.shared.suspects.take_dropped() + std::mem::take(&mut self.dropped);
         self.count(UserCounter::DnsblDropped, dropped);
         self.log_errors();
-        if self.ticks.is_multiple_of(10) {
+        if self.ticks.is_multiple_of(MAINTAIN_EVERY) {
             let now = Instant::now();
             self.cache.retain(|_, c| c.until > now);
             self.maintain_trust().await;
@@ -563,7 +568,7 @@ impl Service {
                     }
                 }
                 for (k, t) in &entries {
-                    let soon = t.until.saturating_sub(now) <= REFRESH_BEFORE.as_nanos() as u64;
+                    let soon = t.until.saturating_sub(now) <= refresh_before(t.until - t.since);
                     if t.holds(now) && soon {
                         let seen = maps.source(k)?.is_some_and(|st| st.last_seen >= t.since);
                         if seen {
