@@ -276,6 +276,10 @@ impl Lab {
         if !args.contains(&"--metrics-listen") {
             all.extend(["--metrics-listen", "off"]);
         }
+        let no_config = self.no_config();
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
+        }
         all.extend_from_slice(args);
         let cmd = Self::in_net(&self.server_ns, &all);
         let n = self.children.len();
@@ -292,6 +296,17 @@ impl Lab {
             }
         }
         panic!("controller did not attach in 20s:\n{}", self.log(&log));
+    }
+
+    /// An empty config file: controllers started by tests never read the host's
+    /// /etc/smtp-xdp/smtp-xdp.toml (another test, or a package installed on the machine, may have
+    /// put one there).
+    pub fn no_config(&self) -> String {
+        let p = self.dir.join("no-config.toml");
+        if !p.exists() {
+            std::fs::write(&p, "").expect("empty config file");
+        }
+        p.display().to_string()
     }
 
     /// Stops a controller with SIGTERM and requires a clean exit (code 0).
@@ -316,6 +331,7 @@ impl Lab {
     /// fail; returns its error output.
     pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
         let bin = crate::smtp_xdp_bin();
+        let no_config = self.no_config();
         let mut all = wrapper.to_vec();
         all.extend([
             bin.to_str().unwrap(),
@@ -325,6 +341,9 @@ impl Lab {
             "--metrics-listen",
             "off",
         ]);
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
+        }
         all.extend_from_slice(args);
         let out = Self::in_net(&self.server_ns, &all)
             .output()

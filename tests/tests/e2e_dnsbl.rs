@@ -95,14 +95,9 @@ impl Sources {
     }
 }
 
-/// The DNSBL flags, and an empty config file (the test never reads the host's
-/// /etc/smtp-xdp/smtp-xdp.toml).
-fn dnsbl_args(lab: &Lab, nsd: &Nsd) -> Vec<String> {
-    let conf = lab.path("empty.toml");
-    std::fs::write(&conf, "").unwrap();
+/// The DNSBL flags (the lab gives the controller an empty config file).
+fn dnsbl_args(nsd: &Nsd) -> Vec<String> {
     vec![
-        "--config".into(),
-        conf.display().to_string(),
         "--dnsbl-sites".into(),
         SITES.into(),
         "--dnsbl-resolver".into(),
@@ -268,7 +263,7 @@ fn listed_flooders_are_banned_and_unlisted_ones_only_rate_limited() {
         "--ban-threshold".into(),
         "0".into(),
     ];
-    args.extend(dnsbl_args(&lab, &nsd));
+    args.extend(dnsbl_args(&nsd));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.start_controller(&args);
     let iface = lab.server_if.clone();
@@ -367,7 +362,7 @@ fn swaks(lab: &Lab, src: &str, extra: &[&str]) -> i32 {
 
 /// Limits for the bounce tests: a low ban threshold (a trusted relay is never banned anyway),
 /// a bounce burst of 3, the policy service and the lists.
-fn limits(lab: &Lab, nsd: &Nsd, rate: &str, burst: &str) -> Vec<String> {
+fn limits(nsd: &Nsd, rate: &str, burst: &str) -> Vec<String> {
     let mut a: Vec<String> = [
         "--rate",
         rate,
@@ -384,7 +379,7 @@ fn limits(lab: &Lab, nsd: &Nsd, rate: &str, burst: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    a.extend(dnsbl_args(lab, nsd));
+    a.extend(dnsbl_args(nsd));
     a
 }
 
@@ -411,7 +406,7 @@ fn a_trusted_relay_flooding_bounces_is_refused_per_message_and_never_banned() {
 
     // Phase 1: the relay floods connections and plaintext bounces. Its first rate drop asks the
     // lists: a trusted relay from then on (its dropped SYN is retransmitted and admitted).
-    let args = limits(&lab, &nsd, "30/min", "2");
+    let args = limits(&nsd, "30/min", "2");
     let pid = lab.start_controller(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let bounce = ["--from", "<>"];
     let mut codes = Vec::new();
@@ -464,7 +459,7 @@ fn a_trusted_relay_flooding_bounces_is_refused_per_message_and_never_banned() {
     // Phase 2: a relay that crosses its bounce limit (STARTTLS, seen only by Postfix) before
     // anything else: that crossing bans it, the lookup it triggers lifts the ban within
     // milliseconds, and from then on its messages are refused one by one.
-    let args = limits(&lab, &nsd, "100/min", "50");
+    let args = limits(&nsd, "100/min", "50");
     let pid = lab.start_controller(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let tls = ["--tls", "--from", "<>"];
     let mut codes = Vec::new();
@@ -505,7 +500,7 @@ fn a_dead_dns_server_decides_nothing_and_lookups_resume() {
         "--ban-threshold".into(),
         "0".into(),
     ];
-    args.extend(dnsbl_args(&lab, &nsd));
+    args.extend(dnsbl_args(&nsd));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.start_controller(&args);
     let iface = lab.server_if.clone();
@@ -572,7 +567,7 @@ fn a_spoofed_flood_makes_a_bounded_number_of_lookups() {
         "--ban-threshold".into(),
         "0".into(),
     ];
-    args.extend(dnsbl_args(&lab, &nsd));
+    args.extend(dnsbl_args(&nsd));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.start_controller(&args);
     let iface = lab.server_if.clone();
@@ -642,7 +637,7 @@ fn trust_ends_with_the_answer_and_is_renewed_while_the_relay_sends() {
         "--dnsbl-ttl".into(),
         "12s".into(),
     ];
-    args.extend(dnsbl_args(&lab, &nsd));
+    args.extend(dnsbl_args(&nsd));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.start_controller(&args);
     let iface = lab.server_if.clone();

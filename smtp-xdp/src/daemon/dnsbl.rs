@@ -142,6 +142,10 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Event>, client: Opt
         error_logged: None,
         ticks: 0,
     };
+    if svc.config.is_none() {
+        // Lists off: trust adopted from an earlier run must not outlive them.
+        svc.end_all_trust().await;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -369,10 +373,27 @@ impl Service {
             score: c.scored.score,
             _reserved: 0,
         };
+        // Usually (an answer from the cache) the trust is in place and no ban to lift: nothing to
+        // write, no lock to take.
+        let settled = |m: &Maps| {
+            !fresh
+                && m.trust_of(&key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| t.holds(now))
+                && m.bans.get(&key, 0).ok().is_none_or(|b| !lift_due(&b, now))
+        };
+        if self.shared.maps.lock().is_ok_and(|m| settled(&m)) {
+            return;
+        }
         let s = self.shared.clone();
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<(bool, Option<Ban>)> {
+            // The lists lock first (the `present` bits), then the maps, as every writer does.
             let _lists = pins::lists_lock(&s.iface)?;
-            let mut maps = Maps::open(&s.dir)?;
+            let mut maps = s
+                .maps
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the maps' lock is poisoned"))?;
             let had = maps.trust_of(&key)?.is_some_and(|t| t.holds(now));
             if !had || fresh {
                 maps.trust(&key, &trust)?;
@@ -380,10 +401,7 @@ impl Service {
             // An automatic ban of a trusted relay (issued for its first crossing, before it
             // was known) is lifted; bans by hand stay.
             let lifted = match maps.bans.get(&key, 0) {
-                Ok(b)
-                    if matches!(b.reason, ban_reason::RATE | ban_reason::BOUNCES)
-                        && bans::is_active(&b, now) =>
-                {
+                Ok(b) if lift_due(&b, now) => {
                     maps.unban_source(&key)?;
                     maps.add_user_counter(UserCounter::TrustedBansLifted, 1)?;
                     Some(b)
@@ -442,13 +460,21 @@ impl Service {
 
     /// Removes a source's trust, if it had one.
     async fn untrust(&mut self, key: SourceKey) {
+        let had = self
+            .shared
+            .maps
+            .lock()
+            .is_ok_and(|m| m.trust_of(&key).ok().flatten().is_some());
+        if !had {
+            return;
+        }
         let s = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-            let mut maps = Maps::open(&s.dir)?;
-            if maps.trust_of(&key)?.is_none() {
-                return Ok(false);
-            }
             let _lists = pins::lists_lock(&s.iface)?;
+            let mut maps = s
+                .maps
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the maps' lock is poisoned"))?;
             Ok(maps.untrust(&key)?)
         })
         .await;
@@ -495,7 +521,7 @@ impl Service {
         let dropped = self.shared.suspects.take_dropped() + std::mem::take(&mut self.dropped);
         self.count(UserCounter::DnsblDropped, dropped);
         self.log_errors();
-        if self.ticks.is_multiple_of(MAINTAIN_EVERY) {
+        if self.ticks.is_multiple_of(MAINTAIN_EVERY) && self.config.is_some() {
             let now = Instant::now();
             self.cache.retain(|_, c| c.until > now);
             self.maintain_trust().await;
@@ -532,17 +558,33 @@ impl Service {
         self.config = config;
         if off {
             // Lists switched off: no source stays exempt on their word.
-            let s = self.shared.clone();
-            let _ = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let _lists = pins::lists_lock(&s.iface)?;
-                let mut maps = Maps::open(&s.dir)?;
-                for (k, _) in maps.trusted_entries()? {
-                    maps.untrust(&k)?;
-                }
-                Ok(())
-            })
-            .await;
+            self.end_all_trust().await;
             self.cache.clear();
+        }
+    }
+
+    /// Removes every trust entry.
+    async fn end_all_trust(&mut self) {
+        let s = self.shared.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let _lists = pins::lists_lock(&s.iface)?;
+            let mut maps = Maps::open(&s.dir)?;
+            let entries = maps.trusted_entries()?;
+            for (k, _) in &entries {
+                maps.untrust(k)?;
+            }
+            Ok(entries.len())
+        })
+        .await;
+        match r {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(
+                    ended = n,
+                    "DNS lists off: trusted relays are trusted no more"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "ending trust failed"),
+            _ => {}
         }
     }
 
@@ -593,6 +635,12 @@ impl Service {
             self.start(addr, key);
         }
     }
+}
+
+/// Whether a trusted relay's ban is one to lift: automatic (its first crossing came before the
+/// answer) and in force. Bans by hand stay.
+fn lift_due(b: &Ban, now: u64) -> bool {
+    matches!(b.reason, ban_reason::RATE | ban_reason::BOUNCES) && bans::is_active(b, now)
 }
 
 /// The penalty box seen from the DNSBL service, for [`decide::ban_source`].
