@@ -273,12 +273,12 @@ impl Lab {
             "--state-dir",
             state.to_str().unwrap(),
         ]);
-        if !args.contains(&"--metrics-listen") {
-            all.extend(["--metrics-listen", "off"]);
-        }
         let no_config = self.no_config();
         if !args.contains(&"--config") {
             all.extend(["--config", &no_config]);
+        }
+        if !args.contains(&"--metrics-listen") {
+            all.extend(["--metrics-listen", "off"]);
         }
         all.extend_from_slice(args);
         let cmd = Self::in_net(&self.server_ns, &all);
@@ -298,13 +298,12 @@ impl Lab {
         panic!("controller did not attach in 20s:\n{}", self.log(&log));
     }
 
-    /// An empty config file: controllers started by tests never read the host's
-    /// /etc/smtp-xdp/smtp-xdp.toml (another test, or a package installed on the machine, may have
-    /// put one there).
+    /// An empty config file of the lab's: controllers the tests start never read the machine's
+    /// own /etc/smtp-xdp/smtp-xdp.toml (a package test may install one at any time).
     pub fn no_config(&self) -> String {
-        let p = self.dir.join("no-config.toml");
+        let p = self.dir.join("empty.toml");
         if !p.exists() {
-            std::fs::write(&p, "").expect("empty config file");
+            std::fs::write(&p, "# settings come from the test's flags\n").expect("empty config");
         }
         p.display().to_string()
     }
@@ -331,7 +330,6 @@ impl Lab {
     /// fail; returns its error output.
     pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
         let bin = crate::smtp_xdp_bin();
-        let no_config = self.no_config();
         let mut all = wrapper.to_vec();
         all.extend([
             bin.to_str().unwrap(),
@@ -341,6 +339,7 @@ impl Lab {
             "--metrics-listen",
             "off",
         ]);
+        let no_config = self.no_config();
         if !args.contains(&"--config") {
             all.extend(["--config", &no_config]);
         }

@@ -40,10 +40,9 @@ fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
         "off",
         "--state-dir",
         state.to_str().unwrap(),
+        "--config",
+        &no_config,
     ];
-    if !extra.contains(&"--config") {
-        args.extend(["--config", &no_config]);
-    }
     args.extend_from_slice(extra);
     let cmd = Lab::in_net(&lab.server_ns, &args);
     lab.spawn(cmd, "killed.log")
