@@ -1,8 +1,8 @@
 //! Allow and deny list files (`smtp_xdp::lists::parse`): plain and Spamhaus DROP formats.
 //!
 //! Properties of an accepted file: its entries are sorted, distinct and in network form (no
-//! host bits), each is exactly what `units::parse_net` makes of its line, and written back one
-//! per line (the way `smtp-xdp allow list` shows them) they parse to the same list.
+//! host bits), each prints and parses back to itself, and written back one per line (the way
+//! `smtp-xdp allow list` shows them) they parse to the same list.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
