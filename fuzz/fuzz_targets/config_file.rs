@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
 
+    // Recorded in the pins and used by CLI commands run from anywhere.
+    assert!(s.state_dir.is_absolute(), "state-dir {:?}", s.state_dir);
+
     let table: toml::Table = reference::settings_pairs(&s)
         .into_iter()
         .map(|(k, v)| (k.to_string(), toml::Value::String(v)))

@@ -608,7 +608,7 @@ impl Settings {
                     hint: "use a whole number from 0 to 100",
                 })?
             }
-            "state-dir" => self.state_dir = PathBuf::from(value.trim()),
+            "state-dir" => self.state_dir = parse_state_dir(value)?,
             "save-interval" => self.save_interval = value.parse()?,
             "log-format" => self.log_format = value.parse()?,
             "socketmap-listen" => self.socketmap_listen = parse_optional_listen(value)?,
@@ -873,6 +873,20 @@ pub const LIVE_KEYS: &[&str] = &[
     "global-burst",
 ];
 
+/// The state directory must be absolute: its path is recorded in the pins, and CLI commands,
+/// run from any directory, save to the file it names.
+fn parse_state_dir(value: &str) -> Result<PathBuf, ValueError> {
+    let dir = PathBuf::from(value.trim());
+    if !dir.is_absolute() {
+        return Err(ValueError::Other {
+            what: "state-dir",
+            value: value.into(),
+            hint: "use an absolute path, e.g. /var/lib/smtp-xdp",
+        });
+    }
+    Ok(dir)
+}
+
 fn parse_count(what: &'static str, value: &str) -> Result<u64, ValueError> {
     value
         .trim()
@@ -985,6 +999,12 @@ mod tests {
         assert!(s.apply_key("burst", "0").is_err());
         assert!(s.apply_key("policy-listen", "nonsense").is_err());
         s.apply_key("policy-listen", "unix:/run/x.sock").unwrap();
+        // Relative (or empty): the CLI, run elsewhere, would save to another file.
+        for bad in ["", " ", "state", "./var/lib/smtp-xdp"] {
+            assert!(s.apply_key("state-dir", bad).is_err(), "{bad:?}");
+        }
+        s.apply_key("state-dir", " /tmp/x ").unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.policy_listen, Some(Listen::Unix("/run/x.sock".into())));
     }
 

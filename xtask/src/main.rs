@@ -599,8 +599,9 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         let failure = (!st.success()).then(|| {
             let panic: Vec<&str> = text
                 .lines()
-                .skip_while(|l| !l.contains("panicked at") && !l.starts_with("==") && !l.contains("ERROR: libFuzzer"))
-                .take(6)
+                .skip_while(|l| !l.contains("panicked at") && !l.contains("ERROR: libFuzzer"))
+                .take_while(|l| !l.starts_with("stack backtrace:"))
+                .take(8)
                 .collect();
             let artifact = text
                 .lines()
