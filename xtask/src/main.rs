@@ -2,7 +2,8 @@
 //!
 //! Every command first makes sure what it needs is installed (idempotently: a few seconds when
 //! everything is there): nightly's `rust-src`, a `bpf-linker` built against the nightly's own
-//! LLVM, bpffs, and for tests and benchmarks the Debian packages that provide the real peers.
+//! LLVM, bpffs, and for tests and benchmarks the Debian packages that provide the real peers and
+//! cargo-fuzz for the fuzz targets.
 
 use std::{
     env,
@@ -62,7 +63,7 @@ usage: cargo xtask <command>
   run [-- ARGS]     build smtp-xdp (release) and run it as root with ARGS,
                     e.g. cargo xtask run -- run --iface eth1 --dry-run
   test              everything CI runs: fmt, clippy, unit, kernel and end-to-end tests,
-                    and a quick benchmark pass
+                    a short pass of every fuzz target, and a quick benchmark pass
   bench [--quick]   benchmarks; writes docs/benchmarks.md, .json and the plots
   soak [--minutes N]
                     the controller under a varying flood and churn for N minutes (default
@@ -184,6 +185,9 @@ fn setup(packages: bool) -> Result<()> {
     } else {
         RUN_PACKAGES
     })?;
+    if packages {
+        ensure_cargo_fuzz()?;
+    }
     if is_root() {
         ensure_bpffs()?;
         check_bpf()?;
