@@ -4,12 +4,13 @@
 //! Properties of an accepted value: it is in network form, it prints and parses back to
 //! itself, and it agrees with the standard library: an address parses as a host route, a CIDR
 //! as its network, its address as std reads it (no leading zeros, which some tools read as
-//! octal) and its length in plain digits.
+//! octal) and its length in plain digits, and an IPv4-mapped IPv6 one (`::ffff:192.0.2.7`) as
+//! the IPv4 one.
 #![no_main]
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use libfuzzer_sys::fuzz_target;
 use smtp_xdp::units;
 
@@ -37,6 +38,18 @@ fuzz_target!(|data: &[u8]| {
                 .expect("a valid prefix length")
                 .trunc()
         }
+    };
+    // IPv4 clients reach the kernel as IPv4: a mapped entry is the IPv4 one.
+    let by_std = match by_std {
+        IpNet::V6(n) if n.prefix_len() >= 96 && n.addr().to_ipv4_mapped().is_some() => {
+            let v4 = n.addr().to_ipv4_mapped().expect("mapped");
+            IpNet::V4(
+                Ipv4Net::new(v4, n.prefix_len() - 96)
+                    .expect("<= 32")
+                    .trunc(),
+            )
+        }
+        other => other,
     };
     assert_eq!(net, by_std, "agrees with std");
 });
