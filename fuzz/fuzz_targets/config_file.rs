@@ -2,7 +2,7 @@
 //! value parser), then `validate` and the kernel policy.
 //!
 //! Properties of an accepted file: the settings it gives, written out again as a config file
-//! (every key, the way an operator would write it), read back to the same settings; and for
+//! (`Settings::to_toml`, what `check-config` prints), read back to the same settings; and for
 //! valid settings, reading the kernel policy back into settings (what `smtp-xdp set` and
 //! `status` do) and turning it into a policy again changes nothing, so a `set` of one key never
 //! moves another.
@@ -12,7 +12,6 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use smtp_xdp::config::{Overrides, Settings};
-use smtp_xdp_fuzz::reference;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -30,11 +29,8 @@ fuzz_target!(|data: &[u8]| {
     // Recorded in the pins and used by CLI commands run from anywhere.
     assert!(s.state_dir.is_absolute(), "state-dir {:?}", s.state_dir);
 
-    let table: toml::Table = reference::settings_pairs(&s)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), toml::Value::String(v)))
-        .collect();
-    let written = toml::to_string(&table).expect("a table of strings serialises");
+    // What `smtp-xdp check-config` prints: every key, as a config file.
+    let written = s.to_toml(&[]);
     let again = Overrides::parse(Path::new("written.toml"), &written)
         .unwrap_or_else(|e| panic!("{e}\n{written}"));
     let mut back = Settings::default();

@@ -12,6 +12,8 @@
 //! - `seeds/T/`: a few small, committed example inputs (valid ones, so the fuzzer starts from
 //!   the format rather than from nothing);
 //! - `regressions/T/`: every input that ever failed the target, committed, replayed on each run;
+//! - `dicts/T.dict` (optional): tokens of the format (keywords, separators, numbers at the
+//!   limits) that libFuzzer splices into inputs;
 //! - the working corpus and crash artifacts live under `fuzz/target/` (ignored by git).
 //!
 //! Adding a target (say a netstring codec):

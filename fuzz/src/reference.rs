@@ -3,10 +3,7 @@
 
 use std::collections::HashMap;
 
-use smtp_xdp::{
-    config::{Listen, Settings, ALL_KEYS},
-    policyd::{Limits, ProtocolError},
-};
+use smtp_xdp::policyd::{Limits, ProtocolError};
 
 /// The Postfix policy protocol over a whole input held in memory: the requests it holds, in
 /// order, and how the stream ends (`None`: cleanly, between requests).
@@ -113,58 +110,4 @@ fn is_null_sender(line: &[u8]) -> bool {
             && rest.starts_with(b"<>")
             && matches!(rest.get(2), None | Some(b' ' | b'\r' | b'\n'))
     })
-}
-
-/// Every setting as the `(key, value)` an operator would write for it, one per config key.
-pub fn settings_pairs(s: &Settings) -> Vec<(&'static str, String)> {
-    let off = |v: Option<String>| v.unwrap_or_else(|| "off".to_string());
-    let listen = |l: &Option<Listen>| off(l.as_ref().map(Listen::to_string));
-    let mode = |m: smtp_xdp::config::XdpMode| format!("{m:?}").to_lowercase();
-    let pairs = vec![
-        ("iface", s.iface.clone().unwrap_or_default()),
-        ("rate", s.rate.to_string()),
-        ("burst", s.burst.to_string()),
-        (
-            "ports",
-            s.ports
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        ("ipv4-prefix", s.ipv4_prefix.to_string()),
-        ("ipv6-prefix", s.ipv6_prefix.to_string()),
-        ("max-sources", s.max_sources.to_string()),
-        ("max-bans", s.max_bans.to_string()),
-        ("xdp-mode", mode(s.xdp_mode)),
-        ("dry-run", s.dry_run.to_string()),
-        ("ban-threshold", s.ban_threshold.to_string()),
-        ("ban-window", s.ban_window.to_string()),
-        ("ban-time", s.ban_time.to_string()),
-        ("ban-max", s.ban_max.to_string()),
-        ("ban-memory", s.ban_memory.to_string()),
-        ("bounce-rate", off(s.bounce_rate.map(|r| r.to_string()))),
-        ("bounce-burst", s.bounce_burst.to_string()),
-        ("storm-rate", off(s.storm_rate.map(|r| r.to_string()))),
-        ("storm-factor", s.storm_factor.to_string()),
-        ("storm-hold", s.storm_hold.to_string()),
-        ("global-rate", off(s.global_rate.map(|r| r.to_string()))),
-        ("global-burst", s.global_burst.to_string()),
-        ("policy-listen", listen(&s.policy_listen)),
-        (
-            "policy-action",
-            format!("{:?}", s.policy_action).to_lowercase(),
-        ),
-        ("metrics-listen", listen(&s.metrics_listen)),
-        ("top-offenders", s.top_offenders.to_string()),
-        ("state-dir", s.state_dir.display().to_string()),
-        ("save-interval", s.save_interval.to_string()),
-        ("log-format", format!("{:?}", s.log_format).to_lowercase()),
-    ];
-    let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
-    assert_eq!(
-        keys, ALL_KEYS,
-        "config.rs ALL_KEYS changed: render the new key in fuzz/src/reference.rs"
-    );
-    pairs
 }

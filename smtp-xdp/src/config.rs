@@ -493,6 +493,30 @@ impl Settings {
         if self.save_interval.0 < NS_PER_SEC {
             return bad("save-interval must be at least 1s".into());
         }
+        // The kernel holds a bucket as u64 nanoseconds (about 584 years): a larger one would be
+        // cut short, and read back (by `set` and `status`) as another burst or factor.
+        for (key, rate, burst) in [
+            ("burst", Some(self.rate), self.burst),
+            ("bounce-burst", self.bounce_rate, self.bounce_burst),
+            ("global-burst", self.global_rate, self.global_burst),
+        ] {
+            if rate.is_some_and(|r| r.interval_ns().checked_mul(burst - 1).is_none()) {
+                return bad(format!(
+                    "{key} {burst} is too large for its rate: the bucket would outlast 500 years"
+                ));
+            }
+        }
+        if let Some(r) = self.bounce_rate {
+            if r.interval_ns()
+                .checked_mul(u64::from(self.storm_factor))
+                .is_none()
+            {
+                return bad(format!(
+                    "storm-factor {} is too large for bounce-rate {r}",
+                    self.storm_factor
+                ));
+            }
+        }
         units::check_ports(&self.ports).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.batv_on() {
             if self.policy_listen.is_none() {
@@ -702,6 +726,9 @@ impl Settings {
     pub fn value(&self, key: &str) -> Option<toml::Value> {
         use toml::Value as V;
         let s = |x: String| V::String(x);
+        // TOML integers are i64: a larger count (accepted, if odd) is written as a string, which
+        // reads back the same.
+        let int = |n: u64| i64::try_from(n).map_or_else(|_| V::String(n.to_string()), V::Integer);
         let opt_rate = |r: &Option<Rate>| s(r.map_or("off".into(), |r| r.to_string()));
         let opt_listen = |l: &Option<Listen>| s(l.as_ref().map_or("off".into(), |l| l.to_string()));
         Some(match key {
@@ -710,7 +737,7 @@ impl Settings {
                 None => return None,
             },
             "rate" => s(self.rate.to_string()),
-            "burst" => V::Integer(self.burst as i64),
+            "burst" => int(self.burst),
             "ports" => V::Array(self.ports.iter().map(|&p| V::Integer(p as i64)).collect()),
             "ipv4-prefix" => V::Integer(self.ipv4_prefix as i64),
             "ipv6-prefix" => V::Integer(self.ipv6_prefix as i64),
@@ -729,12 +756,12 @@ impl Settings {
             "ban-max" => s(self.ban_max.to_string()),
             "ban-memory" => s(self.ban_memory.to_string()),
             "bounce-rate" => opt_rate(&self.bounce_rate),
-            "bounce-burst" => V::Integer(self.bounce_burst as i64),
+            "bounce-burst" => int(self.bounce_burst),
             "storm-rate" => opt_rate(&self.storm_rate),
             "storm-factor" => V::Integer(self.storm_factor as i64),
             "storm-hold" => s(self.storm_hold.to_string()),
             "global-rate" => opt_rate(&self.global_rate),
-            "global-burst" => V::Integer(self.global_burst as i64),
+            "global-burst" => int(self.global_burst),
             "policy-listen" => opt_listen(&self.policy_listen),
             "policy-action" => s(match self.policy_action {
                 PolicyAction::Dunno => "dunno",
@@ -742,7 +769,7 @@ impl Settings {
             }
             .into()),
             "metrics-listen" => opt_listen(&self.metrics_listen),
-            "top-offenders" => V::Integer(self.top_offenders as i64),
+            "top-offenders" => int(self.top_offenders as u64),
             "state-dir" => s(self.state_dir.display().to_string()),
             "save-interval" => s(self.save_interval.to_string()),
             "log-format" => s(match self.log_format {
@@ -1098,6 +1125,37 @@ mod tests {
             "{out}"
         );
         let back = Overrides::parse(p, &out).unwrap();
+        let mut s2 = Settings::default();
+        back.apply(&mut s2).unwrap();
+        assert_eq!(s2, s);
+    }
+
+    #[test]
+    fn buckets_beyond_u64_nanoseconds_are_refused() {
+        // The `config_file` fuzz target: `set` read such a bucket back as another burst.
+        let mut s = Settings::default();
+        s.apply_key("burst", "9223372036854775808").unwrap();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("burst 9223372036854775808 is too large"));
+        let mut s = Settings::default();
+        s.apply_key("bounce-rate", "1/d").unwrap();
+        s.apply_key("storm-factor", "1048576").unwrap();
+        assert!(s.validate().is_err());
+        s.apply_key("storm-factor", "100000").unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn counts_beyond_toml_integers_print_as_strings_that_parse_back() {
+        // The `config_file` fuzz target's round trip: a burst of 2^63 printed as -2^63.
+        let mut s = Settings::default();
+        s.apply_key("burst", "9223372036854775808").unwrap();
+        s.apply_key("top-offenders", "18446744073709551615")
+            .unwrap();
+        let back = Overrides::parse(Path::new("t.toml"), &s.to_toml(&[])).unwrap();
         let mut s2 = Settings::default();
         back.apply(&mut s2).unwrap();
         assert_eq!(s2, s);

@@ -578,6 +578,10 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
                 cmd.arg(d);
             }
         }
+        let dict = dir.join("dicts").join(format!("{target}.dict"));
+        if dict.is_file() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
         cmd.args([
             format!("-max_total_time={seconds}"),
             "-print_final_stats=1".into(),
