@@ -50,9 +50,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, for the fuzz targets in fuzz/ (0.13.2 builds with stable 1.95).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Seconds each fuzz target runs in `cargo xtask test` (after its seeds and regressions): enough
-/// to catch a target that no longer builds, crashes on its seeds or fails at once, and no more.
-const TEST_FUZZ_SECONDS: u64 = 8;
+/// Seconds all fuzz targets together run in `cargo xtask test` (after their seeds and
+/// regressions), shared out evenly (3 to 10 s each): enough to catch a target that no longer
+/// builds, crashes on its seeds or fails at once, and no more.
+const TEST_FUZZ_SECONDS: u64 = 64;
 
 /// Seconds each fuzz target runs in `cargo xtask fuzz` without `--seconds`.
 const FUZZ_SECONDS: u64 = 60;
@@ -431,9 +432,9 @@ fn test() -> Result<()> {
             .env("CI", env::var("CI").unwrap_or_default()),
     )?;
     step(&format!(
-        "fuzz targets: seeds, regressions and {TEST_FUZZ_SECONDS}s of fuzzing each"
+        "fuzz targets: seeds, regressions and {TEST_FUZZ_SECONDS}s of fuzzing in all"
     ));
-    fuzz(TEST_FUZZ_SECONDS, &[])?;
+    fuzz(FuzzTime::Total(TEST_FUZZ_SECONDS), &[])?;
     step("benchmarks, quick pass");
     bench(&["--quick".to_string()])?;
     step("all tests passed");
@@ -514,7 +515,15 @@ fn fuzz_cmd(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
     }
-    fuzz(seconds, &targets)
+    fuzz(FuzzTime::Each(seconds), &targets)
+}
+
+/// How long the fuzz targets run.
+#[derive(Clone, Copy)]
+enum FuzzTime {
+    Each(u64),
+    /// Shared out evenly, 3 to 10 s each.
+    Total(u64),
 }
 
 /// `cargo fuzz` on the nightly toolchain, in fuzz/.
@@ -542,8 +551,8 @@ struct FuzzRun {
 /// Builds the fuzz targets (without a sanitizer: the code under test is safe Rust, and the
 /// checks that matter, overflow checks, debug assertions and the targets' own properties, are
 /// on), then runs each: its seeds, its regression inputs and its working corpus first, then
-/// `seconds` of fuzzing. The working corpus and crash artifacts stay under fuzz/target/.
-fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
+/// its share of `time` fuzzing. The working corpus and crash artifacts stay under fuzz/target/.
+fn fuzz(time: FuzzTime, only: &[String]) -> Result<()> {
     env::set_var("PATH", path_with_cargo_bin());
     ensure_rust_src()?;
     // smtp-xdp's build script builds the eBPF object, the fuzz targets link smtp-xdp.
@@ -558,6 +567,10 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         );
     }
     let targets = if only.is_empty() { all } else { only.to_vec() };
+    let seconds = match time {
+        FuzzTime::Each(s) => s,
+        FuzzTime::Total(s) => (s / targets.len().max(1) as u64).clamp(3, 10),
+    };
     say("building the fuzz targets (nightly, release, overflow checks on)...");
     status(cargo_fuzz().args(["build", "--sanitizer", "none"]))?;
     let dir = root().join("fuzz");
