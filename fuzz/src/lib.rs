@@ -16,11 +16,13 @@
 //!   limits) that libFuzzer splices into inputs;
 //! - the working corpus and crash artifacts live under `fuzz/target/` (ignored by git).
 //!
-//! Adding a target (say a netstring codec):
-//! 1. write `fuzz_targets/netstring.rs`, modelled on `list_file.rs`: parse the bytes; on success
-//!    assert the property (encode what was decoded and decode it again);
+//! Adding a target (say a CrowdSec decision decoder):
+//! 1. write `fuzz_targets/crowdsec.rs`, modelled on `list_file.rs` or `state_file.rs`: parse the
+//!    bytes; on success assert the property (encode what was decoded and decode it again, or
+//!    compare with a plain reference in `reference.rs`);
 //! 2. add its `[[bin]]` block to Cargo.toml (copy one, change the name and path);
-//! 3. put two or three valid inputs in `seeds/netstring/`.
+//! 3. put two or three valid inputs in `seeds/crowdsec/` (and, optionally, the format's tokens
+//!    in `dicts/crowdsec.dict`).
 //!
 //! `cargo xtask` finds targets with `cargo fuzz list`, so nothing else changes. When a target
 //! fails, fix the code under test, copy the artifact from `fuzz/target/artifacts/T/` into
