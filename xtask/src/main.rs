@@ -53,7 +53,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Seconds all fuzz targets together run in `cargo xtask test` (after their seeds and
 /// regressions), shared out evenly (3 to 10 s each): enough to catch a target that no longer
 /// builds, crashes on its seeds or fails at once, and no more.
-const TEST_FUZZ_SECONDS: u64 = 64;
+const TEST_FUZZ_SECONDS: u64 = 50;
 
 /// Seconds each fuzz target runs in `cargo xtask fuzz` without `--seconds`.
 const FUZZ_SECONDS: u64 = 60;
