@@ -322,7 +322,8 @@ impl KeySet {
     /// key took over have expired. `None` for the signing key.
     fn retired_at(&self, i: usize) -> Option<u64> {
         let next = self.keys.get(i + 1)?;
-        Some((day_of(next.created) + TAG_LIFETIME_DAYS + 1) * SECS_PER_DAY)
+        // Saturating: a key file may give any creation time (u64::MAX overflowed here).
+        Some((day_of(next.created) + TAG_LIFETIME_DAYS + 1).saturating_mul(SECS_PER_DAY))
     }
 
     /// The key that verifies tags of key number `number` at `unix`.
@@ -1037,6 +1038,19 @@ mod tests {
             assert_eq!(e.line, line, "{text:?}: {e:?}");
             assert!(e.message.contains(what), "{text:?}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_key_created_at_the_end_of_time_retires_the_others_without_overflow() {
+        // The `batv` fuzz target: retired_at overflowed (a panic with overflow checks, a wrapped
+        // retirement time without).
+        let hex = "00112233445566778899aabbccddeeff";
+        let k = KeySet::parse(&format!("0 1 {hex}\n1 {} {hex}\n", u64::MAX)).unwrap();
+        let now = 1_796_150_000;
+        let tag = k.keys()[0].hash(expiry_ddd(now), "bob@example.org");
+        let hash: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let address = format!("prvs=0{:03}{hash}=bob@example.org", expiry_ddd(now));
+        assert!(matches!(k.check(&address, now), TagCheck::Valid { .. }));
     }
 
     #[test]

@@ -510,6 +510,30 @@ impl Settings {
         if self.save_interval.0 < NS_PER_SEC {
             return bad("save-interval must be at least 1s".into());
         }
+        // The kernel holds a bucket as u64 nanoseconds (about 584 years): a larger one would be
+        // cut short, and read back (by `set` and `status`) as another burst or factor.
+        for (key, rate, burst) in [
+            ("burst", Some(self.rate), self.burst),
+            ("bounce-burst", self.bounce_rate, self.bounce_burst),
+            ("global-burst", self.global_rate, self.global_burst),
+        ] {
+            if rate.is_some_and(|r| r.interval_ns().checked_mul(burst - 1).is_none()) {
+                return bad(format!(
+                    "{key} {burst} is too large for its rate: the bucket would outlast 500 years"
+                ));
+            }
+        }
+        if let Some(r) = self.bounce_rate {
+            if r.interval_ns()
+                .checked_mul(u64::from(self.storm_factor))
+                .is_none()
+            {
+                return bad(format!(
+                    "storm-factor {} is too large for bounce-rate {r}",
+                    self.storm_factor
+                ));
+            }
+        }
         units::check_ports(&self.ports).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.batv_on() {
             if self.policy_listen.is_none() {
@@ -645,7 +669,7 @@ impl Settings {
                     hint: "use a whole number from 0 to 100",
                 })?
             }
-            "state-dir" => self.state_dir = PathBuf::from(value.trim()),
+            "state-dir" => self.state_dir = parse_state_dir(value)?,
             "save-interval" => self.save_interval = value.parse()?,
             "log-format" => self.log_format = value.parse()?,
             "socketmap-listen" => self.socketmap_listen = parse_optional_listen(value)?,
@@ -752,6 +776,9 @@ impl Settings {
     pub fn value(&self, key: &str) -> Option<toml::Value> {
         use toml::Value as V;
         let s = |x: String| V::String(x);
+        // TOML integers are i64: a larger count (accepted, if odd) is written as a string, which
+        // reads back the same.
+        let int = |n: u64| i64::try_from(n).map_or_else(|_| V::String(n.to_string()), V::Integer);
         let opt_rate = |r: &Option<Rate>| s(r.map_or("off".into(), |r| r.to_string()));
         let opt_listen = |l: &Option<Listen>| s(l.as_ref().map_or("off".into(), |l| l.to_string()));
         Some(match key {
@@ -760,7 +787,7 @@ impl Settings {
                 None => return None,
             },
             "rate" => s(self.rate.to_string()),
-            "burst" => V::Integer(self.burst as i64),
+            "burst" => int(self.burst),
             "ports" => V::Array(self.ports.iter().map(|&p| V::Integer(p as i64)).collect()),
             "ipv4-prefix" => V::Integer(self.ipv4_prefix as i64),
             "ipv6-prefix" => V::Integer(self.ipv6_prefix as i64),
@@ -779,12 +806,12 @@ impl Settings {
             "ban-max" => s(self.ban_max.to_string()),
             "ban-memory" => s(self.ban_memory.to_string()),
             "bounce-rate" => opt_rate(&self.bounce_rate),
-            "bounce-burst" => V::Integer(self.bounce_burst as i64),
+            "bounce-burst" => int(self.bounce_burst),
             "storm-rate" => opt_rate(&self.storm_rate),
             "storm-factor" => V::Integer(self.storm_factor as i64),
             "storm-hold" => s(self.storm_hold.to_string()),
             "global-rate" => opt_rate(&self.global_rate),
-            "global-burst" => V::Integer(self.global_burst as i64),
+            "global-burst" => int(self.global_burst),
             "policy-listen" => opt_listen(&self.policy_listen),
             "policy-action" => s(match self.policy_action {
                 PolicyAction::Dunno => "dunno",
@@ -792,7 +819,7 @@ impl Settings {
             }
             .into()),
             "metrics-listen" => opt_listen(&self.metrics_listen),
-            "top-offenders" => V::Integer(self.top_offenders as i64),
+            "top-offenders" => int(self.top_offenders as u64),
             "state-dir" => s(self.state_dir.display().to_string()),
             "save-interval" => s(self.save_interval.to_string()),
             "log-format" => s(match self.log_format {
@@ -946,6 +973,20 @@ fn parse_score(what: &'static str, value: &str) -> Result<i32, ValueError> {
     })
 }
 
+/// The state directory must be absolute: its path is recorded in the pins, and CLI commands,
+/// run from any directory, save to the file it names.
+fn parse_state_dir(value: &str) -> Result<PathBuf, ValueError> {
+    let dir = PathBuf::from(value.trim());
+    if !dir.is_absolute() {
+        return Err(ValueError::Other {
+            what: "state-dir",
+            value: value.into(),
+            hint: "use an absolute path, e.g. /var/lib/smtp-xdp",
+        });
+    }
+    Ok(dir)
+}
+
 fn parse_count(what: &'static str, value: &str) -> Result<u64, ValueError> {
     value
         .trim()
@@ -1058,6 +1099,12 @@ mod tests {
         assert!(s.apply_key("burst", "0").is_err());
         assert!(s.apply_key("policy-listen", "nonsense").is_err());
         s.apply_key("policy-listen", "unix:/run/x.sock").unwrap();
+        // Relative (or empty): the CLI, run elsewhere, would save to another file.
+        for bad in ["", " ", "state", "./var/lib/smtp-xdp"] {
+            assert!(s.apply_key("state-dir", bad).is_err(), "{bad:?}");
+        }
+        s.apply_key("state-dir", " /tmp/x ").unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.policy_listen, Some(Listen::Unix("/run/x.sock".into())));
     }
 
@@ -1192,6 +1239,37 @@ mod tests {
             "{out}"
         );
         let back = Overrides::parse(p, &out).unwrap();
+        let mut s2 = Settings::default();
+        back.apply(&mut s2).unwrap();
+        assert_eq!(s2, s);
+    }
+
+    #[test]
+    fn buckets_beyond_u64_nanoseconds_are_refused() {
+        // The `config_file` fuzz target: `set` read such a bucket back as another burst.
+        let mut s = Settings::default();
+        s.apply_key("burst", "9223372036854775808").unwrap();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("burst 9223372036854775808 is too large"));
+        let mut s = Settings::default();
+        s.apply_key("bounce-rate", "1/d").unwrap();
+        s.apply_key("storm-factor", "1048576").unwrap();
+        assert!(s.validate().is_err());
+        s.apply_key("storm-factor", "100000").unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn counts_beyond_toml_integers_print_as_strings_that_parse_back() {
+        // The `config_file` fuzz target's round trip: a burst of 2^63 printed as -2^63.
+        let mut s = Settings::default();
+        s.apply_key("burst", "9223372036854775808").unwrap();
+        s.apply_key("top-offenders", "18446744073709551615")
+            .unwrap();
+        let back = Overrides::parse(Path::new("t.toml"), &s.to_toml(&[])).unwrap();
         let mut s2 = Settings::default();
         back.apply(&mut s2).unwrap();
         assert_eq!(s2, s);

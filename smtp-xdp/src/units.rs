@@ -77,26 +77,36 @@ impl Rate {
         Gcra::new(self.interval_ns(), burst)
     }
 
-    /// The rate a GCRA interval stands for, in the largest unit that makes it a whole count.
+    /// The rate a GCRA interval stands for (what `status` shows and `set` writes back): in the
+    /// smallest unit that makes it a whole count, else the first unit whose count gives the
+    /// same interval again. For every interval a parsed rate has, per day does: a rate of `c`
+    /// per `p` has the interval `i = p / c` (rounded down), and `86400s / (86400s / i)` is `i`
+    /// again since `p` divides a day.
     pub fn from_interval(interval_ns: u64) -> Self {
         let interval_ns = interval_ns.max(1);
-        for per in [
+        const UNITS: [u64; 4] = [
             NS_PER_SEC,
             60 * NS_PER_SEC,
             3600 * NS_PER_SEC,
             86_400 * NS_PER_SEC,
-        ] {
-            if per.is_multiple_of(interval_ns) {
-                return Rate {
-                    count: per / interval_ns,
-                    per_ns: per,
-                };
-            }
+        ];
+        if let Some(&per) = UNITS.iter().find(|p| p.is_multiple_of(interval_ns)) {
+            return Rate {
+                count: per / interval_ns,
+                per_ns: per,
+            };
         }
-        // Not a whole count per day: round to the nearest per hour (keeps 1/h precision).
+        let per_ns = UNITS[2..]
+            .iter()
+            .copied()
+            .find(|&per| {
+                let count = per / interval_ns;
+                count >= 1 && per / count == interval_ns
+            })
+            .unwrap_or(UNITS[3]);
         Rate {
-            count: ((3600 * NS_PER_SEC) / interval_ns).max(1),
-            per_ns: 3600 * NS_PER_SEC,
+            count: (per_ns / interval_ns).max(1),
+            per_ns,
         }
     }
 
@@ -281,14 +291,23 @@ pub fn parse_prefix(family: &'static str, s: &str, max: u32) -> Result<u32, Valu
 /// Parses an address (a host route) or a CIDR network, normalised to its network address. An
 /// IPv4-mapped IPv6 address or network (`::ffff:192.0.2.7`, `::ffff:192.0.2.0/120`) is the IPv4
 /// one: the kernel sees such a client as IPv4, so that is the only form that can match.
+///
+/// The address of a CIDR is read by the standard library's parser, as a lone address is:
+/// `ipnet`'s own accepts leading zeros (`010.0.0.0/8`), which other tools read as octal
+/// (8.0.0.0/8), so such an entry is refused rather than guessed.
 pub fn parse_net(s: &str) -> Result<IpNet, ValueError> {
+    let bad = || ValueError::Net(s.to_string());
     let t = s.trim();
-    let net = match t.parse::<IpNet>() {
-        Ok(net) => net.trunc(),
-        Err(_) => t
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| ValueError::Net(s.to_string()))?,
+    let net = match t.split_once('/') {
+        None => IpNet::from(t.parse::<IpAddr>().map_err(|_| bad())?),
+        Some((addr, len)) => {
+            let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+            if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let len: u8 = len.parse().map_err(|_| bad())?;
+            IpNet::new(addr, len).map_err(|_| bad())?.trunc()
+        }
     };
     Ok(canonical_net(net))
 }
@@ -362,7 +381,10 @@ mod tests {
 
     #[test]
     fn rate_round_trips_through_gcra_interval() {
-        for s in ["30/min", "5/s", "20/h", "1/d", "7/h", "1000/s", "45/min"] {
+        // 23/d and 7/d: found by the `units` fuzz target (read back as 1/h before).
+        for s in [
+            "30/min", "5/s", "20/h", "1/d", "7/h", "1000/s", "45/min", "23/d", "7/d", "7/min",
+        ] {
             let r: Rate = s.parse().unwrap();
             assert_eq!(
                 Rate::from_interval(r.interval_ns()).interval_ns(),
@@ -373,6 +395,8 @@ mod tests {
         assert_eq!(Rate::from_interval(2 * NS_PER_SEC).to_string(), "30/min");
         assert_eq!(Rate::from_interval(NS_PER_SEC / 5).to_string(), "5/s");
         assert_eq!(Rate::from_interval(180 * NS_PER_SEC).to_string(), "20/h");
+        assert_eq!(Rate::from_interval(3_756_521_739_130).to_string(), "23/d");
+        assert_eq!(Rate::from_interval(8_571_428_571).to_string(), "420/h");
     }
 
     #[test]
@@ -428,7 +452,20 @@ mod tests {
             parse_net("2001:db8::1/32").unwrap().to_string(),
             "2001:db8::/32"
         );
-        for bad in ["300.1.1.1", "1.2.3.4/33", "nope", "", "2001:db8::/129"] {
+        // Leading zeros (octal to some tools): found by the `net` fuzz target.
+        for bad in [
+            "300.1.1.1",
+            "1.2.3.4/33",
+            "nope",
+            "",
+            "2001:db8::/129",
+            "010.0.0.0/8",
+            "098.51.100.9/24",
+            "010.0.0.1",
+            "1.2.3.4/+8",
+            "1.2.3.4/",
+            "/8",
+        ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
         // IPv4-mapped IPv6 is IPv4 everywhere.

@@ -2,7 +2,8 @@
 //!
 //! Every command first makes sure what it needs is installed (idempotently: a few seconds when
 //! everything is there): nightly's `rust-src`, a `bpf-linker` built against the nightly's own
-//! LLVM, bpffs, and for tests and benchmarks the Debian packages that provide the real peers.
+//! LLVM, bpffs, and for tests and benchmarks the Debian packages that provide the real peers and
+//! cargo-fuzz for the fuzz targets.
 
 use std::{
     env,
@@ -48,17 +49,31 @@ const RUN_PACKAGES: &[&str] = &["iproute2", "bpftool"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz, for the fuzz targets in fuzz/ (0.13.2 builds with stable 1.95).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Seconds all fuzz targets together run in `cargo xtask test` (after their seeds and
+/// regressions), shared out evenly (3 to 10 s each): enough to catch a target that no longer
+/// builds, crashes on its seeds or fails at once, and no more.
+const TEST_FUZZ_SECONDS: u64 = 50;
+
+/// Seconds each fuzz target runs in `cargo xtask fuzz` without `--seconds`.
+const FUZZ_SECONDS: u64 = 60;
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
   run [-- ARGS]     build smtp-xdp (release) and run it as root with ARGS,
                     e.g. cargo xtask run -- run --iface eth1 --dry-run
   test              everything CI runs: fmt, clippy, unit, kernel and end-to-end tests,
-                    and a quick benchmark pass
+                    a short pass of every fuzz target, and a quick benchmark pass
   bench [--quick]   benchmarks; writes docs/benchmarks.md, .json and the plots
   soak [--minutes N]
                     the controller under a varying flood and churn for N minutes (default
                     30); fails on unbounded growth or a lost change; writes docs/soak.*
+  fuzz [--seconds N] [TARGET...]
+                    run the fuzz targets in fuzz/ (all, or those named), N seconds each
+                    (default 60), after replaying their seeds and regression inputs
   setup             only install what the other commands need
 
 Needs root (it loads BPF programs and creates network namespaces):
@@ -71,6 +86,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("soak") => soak(&args[1..]),
+        Some("fuzz") => fuzz_cmd(&args[1..]),
         Some("setup") => setup(true).map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -172,6 +188,9 @@ fn setup(packages: bool) -> Result<()> {
     } else {
         RUN_PACKAGES
     })?;
+    if packages {
+        ensure_cargo_fuzz()?;
+    }
     if is_root() {
         ensure_bpffs()?;
         check_bpf()?;
@@ -370,6 +389,7 @@ fn test() -> Result<()> {
     let step = |what: &str| say(format!("[{:>4}s] {what}", start.elapsed().as_secs()));
     step("cargo fmt --check");
     status(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    status(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     step("cargo clippy (host crates)");
     status(cargo().args([
         "clippy",
@@ -413,6 +433,10 @@ fn test() -> Result<()> {
             .args(["test", "--release", "--", "--nocapture"])
             .env("CI", env::var("CI").unwrap_or_default()),
     )?;
+    step(&format!(
+        "fuzz targets: seeds, regressions and {TEST_FUZZ_SECONDS}s of fuzzing in all"
+    ));
+    fuzz(FuzzTime::Total(TEST_FUZZ_SECONDS), &[])?;
     step("benchmarks, quick pass");
     bench(&["--quick".to_string()])?;
     step("all tests passed");
@@ -456,4 +480,200 @@ fn bench(args: &[String]) -> Result<()> {
     let mut c = Command::new(bin);
     c.args(args).current_dir(root());
     status(&mut c)
+}
+
+/// cargo-fuzz, installed once (about 40 s) and then found by its version.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let want = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if output(Command::new("cargo-fuzz").arg("--version")).is_ok_and(|v| v.trim() == want) {
+        return Ok(());
+    }
+    say(format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute, once)..."
+    ));
+    status(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("installing cargo-fuzz")
+}
+
+fn fuzz_cmd(args: &[String]) -> Result<()> {
+    let mut seconds = FUZZ_SECONDS;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--seconds needs a whole number of seconds, e.g. --seconds 300")?;
+            }
+            t if !t.starts_with('-') => targets.push(t.to_string()),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    fuzz(FuzzTime::Each(seconds), &targets)
+}
+
+/// How long the fuzz targets run.
+#[derive(Clone, Copy)]
+enum FuzzTime {
+    Each(u64),
+    /// Shared out evenly, 3 to 10 s each.
+    Total(u64),
+}
+
+/// `cargo fuzz` on the nightly toolchain, in fuzz/.
+fn cargo_fuzz() -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly", "cargo", "fuzz"])
+        .current_dir(root().join("fuzz"))
+        // The toolchain is rustup's nightly, not whatever cargo runs xtask.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO");
+    c
+}
+
+/// One fuzz target's run.
+struct FuzzRun {
+    target: String,
+    runs: u64,
+    execs_per_sec: u64,
+    new_units: u64,
+    seconds: f64,
+    failure: Option<String>,
+}
+
+/// Builds the fuzz targets (without a sanitizer: the code under test is safe Rust, and the
+/// checks that matter, overflow checks, debug assertions and the targets' own properties, are
+/// on), then runs each: its seeds, its regression inputs and its working corpus first, then
+/// its share of `time` fuzzing. The working corpus and crash artifacts stay under fuzz/target/.
+fn fuzz(time: FuzzTime, only: &[String]) -> Result<()> {
+    env::set_var("PATH", path_with_cargo_bin());
+    ensure_rust_src()?;
+    // smtp-xdp's build script builds the eBPF object, the fuzz targets link smtp-xdp.
+    ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
+    let list = output(cargo_fuzz().arg("list"))?;
+    let all: Vec<String> = list.lines().map(str::trim).map(String::from).collect();
+    if let Some(unknown) = only.iter().find(|t| !all.contains(t)) {
+        bail!(
+            "no fuzz target {unknown:?}: the targets are {}",
+            all.join(", ")
+        );
+    }
+    let targets = if only.is_empty() { all } else { only.to_vec() };
+    let seconds = match time {
+        FuzzTime::Each(s) => s,
+        FuzzTime::Total(s) => (s / targets.len().max(1) as u64).clamp(3, 10),
+    };
+    say("building the fuzz targets (nightly, release, overflow checks on)...");
+    status(cargo_fuzz().args(["build", "--sanitizer", "none"]))?;
+    let dir = root().join("fuzz");
+    let bin_dir = dir.join("target/x86_64-unknown-linux-gnu/release");
+    let mut results = Vec::new();
+    for target in &targets {
+        let work = dir.join("target/fuzz").join(target);
+        let (corpus, artifacts) = (work.join("corpus"), work.join("artifacts"));
+        fs::create_dir_all(&corpus)?;
+        fs::create_dir_all(&artifacts)?;
+        let log = work.join("log.txt");
+        // New inputs go to the first directory: the working corpus, never the committed ones.
+        let mut cmd = Command::new(bin_dir.join(target));
+        cmd.arg(&corpus);
+        for committed in ["seeds", "regressions"] {
+            let d = dir.join(committed).join(target);
+            if d.is_dir() {
+                cmd.arg(d);
+            }
+        }
+        let dict = dir.join("dicts").join(format!("{target}.dict"));
+        if dict.is_file() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
+        cmd.args([
+            format!("-max_total_time={seconds}"),
+            "-print_final_stats=1".into(),
+            // A single input taking this long is a hang, reported as a failure.
+            "-timeout=10".into(),
+            "-rss_limit_mb=2048".into(),
+            format!("-artifact_prefix={}/", artifacts.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log)?);
+        say(format!("fuzzing {target} for {seconds}s..."));
+        let start = Instant::now();
+        let st = cmd
+            .status()
+            .with_context(|| format!("cannot run fuzz target {target}"))?;
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let stat = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}: ")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let failure = (!st.success()).then(|| {
+            let panic: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.contains("panicked at") && !l.contains("ERROR: libFuzzer"))
+                .take_while(|l| !l.starts_with("stack backtrace:"))
+                .take(8)
+                .collect();
+            let artifact = text
+                .lines()
+                .find_map(|l| l.split("Test unit written to ").nth(1))
+                .unwrap_or("(no artifact: see the log)");
+            format!(
+                "{}\n  input: {artifact}\n  log: {}\n  reproduce: cd fuzz && rustup run nightly cargo fuzz run -s none {target} {artifact}",
+                panic.join("\n  "),
+                log.display()
+            )
+        });
+        results.push(FuzzRun {
+            target: target.clone(),
+            runs: stat("number_of_executed_units"),
+            execs_per_sec: stat("average_exec_per_sec"),
+            new_units: stat("new_units_added"),
+            seconds: start.elapsed().as_secs_f64(),
+            failure,
+        });
+    }
+    eprintln!(
+        "\n{:<16} {:>12} {:>10} {:>9} {:>8}  result",
+        "target", "runs", "execs/s", "new", "seconds"
+    );
+    for r in &results {
+        eprintln!(
+            "{:<16} {:>12} {:>10} {:>9} {:>8.1}  {}",
+            r.target,
+            r.runs,
+            r.execs_per_sec,
+            r.new_units,
+            r.seconds,
+            if r.failure.is_some() { "FAILED" } else { "ok" }
+        );
+    }
+    let failed: Vec<&FuzzRun> = results.iter().filter(|r| r.failure.is_some()).collect();
+    for r in &failed {
+        eprintln!(
+            "\n{} failed:\n  {}",
+            r.target,
+            r.failure.as_deref().unwrap_or("")
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} fuzz target(s) failed; fix the code under test and keep each input in \
+             fuzz/regressions/TARGET/ (see fuzz/src/lib.rs)",
+            failed.len()
+        );
+    }
+    Ok(())
 }
