@@ -311,7 +311,7 @@ impl Lab {
     /// Stops a controller with SIGTERM and requires a clean exit (code 0).
     pub fn stop_controller(&mut self, pid: u32) {
         signal(pid, libc::SIGTERM);
-        let code = self.wait_exit(pid, Duration::from_secs(10));
+        let code = self.wait_exit(pid, Duration::from_secs(30));
         assert_eq!(
             code,
             Some(0),

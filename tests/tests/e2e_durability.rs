@@ -102,7 +102,7 @@ fn a_ban_survives_kill_9_an_adoption_stopped_at_once_detach_and_a_reboot() {
             // A clean stop detached; the next round starts from the state file.
             let pid = lab.start_controller(&[]);
             signal(pid, libc::SIGKILL);
-            lab.wait_exit(pid, Duration::from_secs(5));
+            lab.wait_exit(pid, Duration::from_secs(15));
         }
         assert!(
             bans(&lab).contains(&format!("{banned}/32")),
@@ -167,7 +167,7 @@ fn a_crash_at_any_stage_loses_no_acknowledged_change() {
                     libc::SIGTERM
                 },
             );
-            lab.wait_exit(pid, Duration::from_secs(10));
+            lab.wait_exit(pid, Duration::from_secs(30));
         }
         let pid = lab.start_controller(&["--save-interval", save]);
         // Acknowledged changes.
@@ -257,11 +257,11 @@ fn a_crash_at_any_stage_loses_no_acknowledged_change() {
         match rng.gen_range(0..3) {
             0 => {
                 signal(pid, libc::SIGKILL);
-                lab.wait_exit(pid, Duration::from_secs(5));
+                lab.wait_exit(pid, Duration::from_secs(15));
             }
             1 => {
                 signal(pid, libc::SIGTERM);
-                lab.wait_exit(pid, Duration::from_secs(10));
+                lab.wait_exit(pid, Duration::from_secs(30));
             }
             _ => lab.stop_controller(pid),
         }
@@ -374,7 +374,7 @@ fn two_writers_never_drop_each_others_changes() {
         }
     });
     signal(pid, libc::SIGKILL);
-    lab.wait_exit(pid, Duration::from_secs(5));
+    lab.wait_exit(pid, Duration::from_secs(15));
     reboot(&lab);
     let pid = lab.start_controller(&[]);
     assert_eq!(bans(&lab).len(), 50, "every acknowledged ban is there");
