@@ -52,13 +52,13 @@ impl Defence {
 
 /// CPU time from /proc/stat (all CPUs), in jiffies.
 #[derive(Clone, Copy, Default)]
-struct Cpu {
-    busy: u64,
-    softirq: u64,
-    total: u64,
+pub(crate) struct Cpu {
+    pub busy: u64,
+    pub softirq: u64,
+    pub total: u64,
 }
 
-fn cpu() -> Cpu {
+pub(crate) fn cpu() -> Cpu {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> = text
         .lines()
@@ -78,7 +78,7 @@ fn cpu() -> Cpu {
     }
 }
 
-fn jiffy_ns() -> f64 {
+pub(crate) fn jiffy_ns() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     1e9 / hz as f64
@@ -117,7 +117,7 @@ pub fn trafgen(lab: &Lab, count: u64, pps: u64, sources: u32) -> Child {
 
 /// Installs `d` in `lab` (for smtp-xdp: starts the controller; returns its pid). `allow`: an
 /// address every defence exempts (a known relay, as operators list their backup MX).
-fn install(lab: &mut Lab, d: Defence, allow: Option<&str>) -> Option<u32> {
+pub(crate) fn install(lab: &mut Lab, d: Defence, allow: Option<&str>) -> Option<u32> {
     let rule = format!("{RATE_PER_MIN}/minute burst {BURST} packets");
     match d {
         Defence::None | Defence::Anvil => None,

@@ -3,8 +3,10 @@
 //! figures; `--quick` (CI) runs every benchmark briefly and writes nothing.
 
 mod flood;
+mod observe;
 mod plot;
 mod report;
+mod storm;
 
 use std::{
     fmt::Write as _,
@@ -101,11 +103,15 @@ fn main() {
             ),
         ));
     }
+    if run("storm") {
+        eprintln!("bench: 6. a backscatter storm of real SMTP sessions");
+        figures.extend(storm::storm(&mut report, quick));
+    }
     if run("controller") {
         eprintln!("bench: 5. controller cost");
         flood::controller_cost(&mut report, quick);
     }
-    if quick {
+    if quick || only.is_some() {
         println!("{}", report.markdown());
         for (name, svg) in &figures {
             assert!(
@@ -113,7 +119,8 @@ fn main() {
                 "{name}"
             );
         }
-        println!("bench: quick pass complete (numbers from a quick pass are not a report)");
+        let what = if quick { "quick pass" } else { "partial run" };
+        println!("bench: {what} complete (a {what} is not a report: nothing written)");
         return;
     }
     report.write("docs").expect("writing docs/benchmarks.*");
