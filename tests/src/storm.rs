@@ -624,12 +624,3 @@ Message-ID: <{index}.{n}@{host}>\r\n\
         data: data.trim_end().to_string(),
     }
 }
-
-/// Delivery-time percentile (`p` in 0..=100) of the delivered messages, nearest rank.
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}

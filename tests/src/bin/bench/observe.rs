@@ -114,7 +114,6 @@ fn holds_any(pid: u32, inodes: &HashSet<u64>) -> bool {
 pub struct Sample {
     /// Seconds since sampling started.
     pub at: f64,
-    pub smtpd: u32,
     /// smtpd processes holding a client connection.
     pub smtpd_busy: u32,
     /// Connections the kernel completed that no process has accepted yet.
@@ -136,7 +135,6 @@ pub fn sample(inode: u64, started: Instant) -> Sample {
         .collect();
     Sample {
         at: started.elapsed().as_secs_f64(),
-        smtpd: smtpd.len() as u32,
         smtpd_busy: smtpd
             .iter()
             .filter(|&&p| holds_any(p, &established))
