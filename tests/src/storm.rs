@@ -189,9 +189,18 @@ const USERS: u32 = 50;
 /// Runs `plan` from inside the network namespace `/run/netns/<netns>`; returns when every relay
 /// and sender has stopped (at `duration + grace`, plus one reply timeout at most).
 pub fn run(netns: &str, plan: &Plan) -> Outcome {
+    in_netns(netns, storm(plan.clone()))
+}
+
+/// Runs `f` to completion on a thread inside the network namespace `/run/netns/<netns>`, on a
+/// single-threaded tokio runtime: every socket it opens belongs to that namespace.
+fn in_netns<F>(netns: &str, f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
     raise_fd_limit();
     let path = format!("/run/netns/{netns}");
-    let plan = plan.clone();
     std::thread::scope(|s| {
         s.spawn(move || {
             let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -203,7 +212,7 @@ pub fn run(netns: &str, plan: &Plan) -> Outcome {
                 .enable_all()
                 .build()
                 .expect("tokio runtime")
-                .block_on(storm(plan))
+                .block_on(f)
         })
         .join()
         .expect("storm generator thread")
