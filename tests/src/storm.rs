@@ -28,7 +28,7 @@ use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::TcpSocket,
     task::JoinSet,
-    time::{sleep, sleep_until, timeout, Instant},
+    time::{sleep, sleep_until, timeout, timeout_at, Instant},
 };
 
 /// The wide-area side of a session: the round trip before each command and the timeouts and
@@ -255,19 +255,12 @@ async fn storm(plan: Plan) -> Outcome {
     let mut tasks = JoinSet::new();
     let n = plan.relays.addrs.len().max(1) as u32;
     for (i, &addr) in plan.relays.addrs.iter().enumerate() {
-        let real = rng.gen_bool(plan.relays.real_share.clamp(0.0, 1.0));
-        let queue: VecDeque<Item> = (0..plan.relays.queue)
-            .map(|k| {
-                if real && k % 4 == 1 {
-                    Item::Real { tried: false }
-                } else {
-                    Item::Backscatter
-                }
-            })
-            .collect();
         let begin = start + plan.relays.arrival * i as u32 / n;
         let relay = Arc::new(Mutex::new(RelayState {
-            queue,
+            real: rng.gen_bool(plan.relays.real_share.clamp(0.0, 1.0)),
+            next: 0,
+            size: plan.relays.queue,
+            retry: VecDeque::new(),
             backoff: Duration::ZERO,
             not_before: begin,
         }));
@@ -298,17 +291,32 @@ async fn storm(plan: Plan) -> Outcome {
     }
 }
 
-async fn timeout_at<F: std::future::Future>(
-    at: Instant,
-    f: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    tokio::time::timeout_at(at, f).await
-}
-
+/// A relay's queue for us and its backoff. The queue is `size` bounces, every fourth of them
+/// real when the relay holds real ones, taken in order; failed ones go back to the front.
 struct RelayState {
-    queue: VecDeque<Item>,
+    real: bool,
+    next: u32,
+    size: u32,
+    retry: VecDeque<Item>,
     backoff: Duration,
     not_before: Instant,
+}
+
+impl RelayState {
+    fn take(&mut self) -> Option<Item> {
+        if let Some(item) = self.retry.pop_front() {
+            return Some(item);
+        }
+        if self.next >= self.size {
+            return None;
+        }
+        self.next += 1;
+        Some(if self.real && self.next % 4 == 2 {
+            Item::Real { tried: false }
+        } else {
+            Item::Backscatter
+        })
+    }
 }
 
 /// One of a relay's parallel delivery slots: takes the next bounce from the relay's queue,
@@ -334,7 +342,7 @@ async fn relay_slot(
                 // Another slot failed meanwhile and deferred the relay.
                 continue;
             }
-            match r.queue.pop_front() {
+            match r.take() {
                 Some(item) => item,
                 None => return,
             }
@@ -374,7 +382,7 @@ async fn relay_slot(
                 tally.failures.add(f);
                 drop(tally);
                 let mut r = relay.lock().expect("relay");
-                r.queue.push_front(item);
+                r.retry.push_front(item);
                 let now = Instant::now();
                 if r.not_before <= now {
                     r.backoff = (r.backoff * 2)
