@@ -1,4 +1,4 @@
-//! Sections 3–5: SYN floods into the server namespace over a veth, defended by smtp-xdp,
+//! Sections 3, 4 and 6: SYN floods into the server namespace over a veth, defended by smtp-xdp,
 //! nftables, iptables, Postfix's anvil or nothing; legitimate mail under attack; the
 //! controller's own cost.
 
@@ -432,7 +432,7 @@ pub fn legit_under_attack(report: &mut Report, quick: bool) -> Vec<(Defence, Vec
     series
 }
 
-/// Section 5: the controller's RSS and CPU, idle and under a flood with /metrics scraped every
+/// Section 6: the controller's RSS and CPU, idle and under a flood with /metrics scraped every
 /// second.
 pub fn controller_cost(report: &mut Report, quick: bool) {
     let secs = if quick { 3 } else { 20 };
@@ -488,7 +488,7 @@ pub fn controller_cost(report: &mut Report, quick: bool) {
     signal(pid, libc::SIGTERM);
     lab.wait_exit(pid, Duration::from_secs(10));
     let mut md = String::new();
-    let _ = writeln!(md, "## 5. Controller cost\n");
+    let _ = writeln!(md, "## 6. Controller cost\n");
     let _ = writeln!(md, "`smtp-xdp run` with default table sizes (1M sources), `/metrics` scraped every second, over {secs} s each; under flood: 10,000 SYN/s from 1024 sources ({drops} dropped in total).\n");
     let _ = writeln!(md, "| state | RSS | CPU |");
     let _ = writeln!(md, "|---|---:|---:|");

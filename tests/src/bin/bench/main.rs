@@ -112,11 +112,11 @@ fn main() {
         ));
     }
     if run("storm") {
-        eprintln!("bench: 6. a backscatter storm of real SMTP sessions");
+        eprintln!("bench: 5. a backscatter storm of real SMTP sessions");
         figures.extend(storm::storm(&mut report, quick, banned_syn_ns));
     }
     if run("controller") {
-        eprintln!("bench: 5. controller cost");
+        eprintln!("bench: 6. controller cost");
         flood::controller_cost(&mut report, quick);
     }
     if quick || only.is_some() {

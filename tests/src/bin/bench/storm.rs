@@ -1,4 +1,4 @@
-//! Section 6: the incident replayed. A backscatter storm of real SMTP sessions from many relay
+//! Section 5: the incident replayed. A backscatter storm of real SMTP sessions from many relay
 //! addresses against a real Postfix whose smtpd processes it fills, and what each defence an
 //! operator could pick does to legitimate mail and to the server.
 //!
@@ -512,7 +512,7 @@ fn picked(var: &str, i: usize) -> bool {
         .unwrap_or(true)
 }
 
-/// Section 6: every defence against every storm shape, interleaved by round so that a noisy
+/// Section 5: every defence against every storm shape, interleaved by round so that a noisy
 /// minute on a shared machine hits all defences alike. A defence that lost legitimate mail in
 /// a sweep storm (p90 infinite) is not run against the stronger ones, apart from the focus.
 /// `banned_syn_ns`: what one SYN dropped for a ban costs in the program (section 1), when
@@ -693,7 +693,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
     let t = &scale.timing;
     let _ = writeln!(
         md,
-        "## 6. The incident: a backscatter storm of real SMTP sessions\n"
+        "## 5. The incident: a backscatter storm of real SMTP sessions\n"
     );
     let _ = writeln!(
         md,
