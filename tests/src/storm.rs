@@ -2,10 +2,11 @@
 //!
 //! Relays behave like MTAs flushing their queue to us: each opens up to `concurrency` sessions at
 //! once and speaks EHLO, `MAIL FROM:<>`, RCPT to one of our users, DATA with a DSN-shaped body
-//! and QUIT, pausing before each command for a wide-area round trip. A refused, reset or
-//! timed-out attempt defers the relay's whole queue for a backoff that doubles from
-//! `backoff_min` to `backoff_max`, as an MTA's does: never a tight loop. Some relays also hold
-//! real bounces (answers to mail our users sent), which must get through eventually.
+//! and QUIT, pausing before each command for a wide-area round trip. A temporary failure (a 4xx
+//! reply, a reset, a timeout) defers the relay's whole queue for a backoff that doubles from
+//! `backoff_min` to `backoff_max`, as an MTA's does: never a tight loop. A 5xx rejects that one
+//! message, which the relay gives up. Some relays also hold real bounces (answers to mail our
+//! users sent), which must get through eventually.
 //!
 //! Legitimate senders, each from its own address, send a normal message every `interval`; each
 //! delivery is timed from its first connect to the 250 after DATA, retries (after `retry`)
@@ -120,8 +121,10 @@ impl Failures {
         match f {
             Failure::ConnectTimeout => self.connect_timeout += 1,
             Failure::ConnectError => self.connect_error += 1,
-            Failure::Refused { greeting: true } => self.refused_greeting += 1,
-            Failure::Refused { greeting: false } => self.refused_command += 1,
+            Failure::Refused { greeting: true, .. } => self.refused_greeting += 1,
+            Failure::Refused {
+                greeting: false, ..
+            } => self.refused_command += 1,
             Failure::ReplyTimeout => self.reply_timeout += 1,
             Failure::Closed => self.closed += 1,
         }
@@ -166,7 +169,11 @@ pub struct Outcome {
 enum Failure {
     ConnectTimeout,
     ConnectError,
-    Refused { greeting: bool },
+    /// A 4xx or (`permanent`) 5xx reply.
+    Refused {
+        greeting: bool,
+        permanent: bool,
+    },
     ReplyTimeout,
     Closed,
 }
@@ -378,6 +385,15 @@ async fn relay_slot(
                 drop(tally);
                 relay.lock().expect("relay").backoff = Duration::ZERO;
             }
+            Err(
+                f @ Failure::Refused {
+                    permanent: true, ..
+                },
+            ) => {
+                // A 5xx rejects this message, not the destination: the relay gives it up and
+                // goes on with the next one at once.
+                tally.failures.add(f);
+            }
             Err(f) => {
                 tally.failures.add(f);
                 drop(tally);
@@ -446,6 +462,15 @@ async fn deliver(
                 took = Some(at.duration_since(due));
                 break;
             }
+            Ok(Err(
+                f @ Failure::Refused {
+                    permanent: true, ..
+                },
+            )) => {
+                // Rejected for good: the sender gets a bounce, the message is not delivered.
+                shared.legit_failures.lock().expect("failures").add(f);
+                break;
+            }
             Ok(Err(f)) => {
                 shared.legit_failures.lock().expect("failures").add(f);
                 let retry = Instant::now() + plan.senders.retry;
@@ -495,7 +520,10 @@ async fn session(src: Ipv4Addr, plan: &Plan, m: &Message) -> Result<Instant, Fai
     let mut rd = BufReader::new(rd);
     let greeting = reply(&mut rd, t.reply_timeout).await?;
     if greeting / 100 != 2 {
-        return Err(Failure::Refused { greeting: true });
+        return Err(Failure::Refused {
+            greeting: true,
+            permanent: greeting / 100 == 5,
+        });
     }
     let commands = [
         (format!("EHLO {}\r\n", m.helo), 2),
@@ -512,7 +540,10 @@ async fn session(src: Ipv4Addr, plan: &Plan, m: &Message) -> Result<Instant, Fai
         let code = reply(&mut rd, t.reply_timeout).await?;
         if code / 100 != want {
             let _ = wr.write_all(b"QUIT\r\n").await;
-            return Err(Failure::Refused { greeting: false });
+            return Err(Failure::Refused {
+                greeting: false,
+                permanent: code / 100 == 5,
+            });
         }
     }
     // The 250 after DATA: the message is Postfix's now.

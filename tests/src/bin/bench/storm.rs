@@ -21,7 +21,7 @@ use std::{
 use serde_json::{json, Value};
 use smtp_xdp_tests::{
     lab::Lab,
-    postfix::{Front, Postfix},
+    postfix::{Postfix, POSTSCREEN_MASTER_CF},
     stats_json,
     storm::{self, Delivery, Outcome, Plan, Relays, Senders, Timing},
 };
@@ -49,12 +49,13 @@ enum Guard {
     SmtpXdp(&'static [&'static str]),
 }
 
-/// One defence an operator could pick: Postfix settings, what answers port 25, and a guard in
-/// front. Adding a defence is one entry in [`DEFENCES`].
+/// One defence an operator could pick: Postfix settings (`main.cf` values, raw `master.cf`
+/// entries that replace the lab's entries of the same service), and a guard in front. Adding a
+/// defence is one entry in [`DEFENCES`].
 struct Defence {
     name: &'static str,
     main_cf: &'static [(&'static str, &'static str)],
-    front: Front,
+    master_cf: &'static str,
     guard: Guard,
 }
 
@@ -62,7 +63,7 @@ const DEFENCES: &[Defence] = &[
     Defence {
         name: "no defence",
         main_cf: &[],
-        front: Front::Smtpd,
+        master_cf: "",
         guard: Guard::Nothing,
     },
     Defence {
@@ -73,7 +74,7 @@ const DEFENCES: &[Defence] = &[
             ("smtpd_client_connection_count_limit", "10"),
             ("anvil_rate_time_unit", "60s"),
         ],
-        front: Front::Smtpd,
+        master_cf: "",
         guard: Guard::Nothing,
     },
     Defence {
@@ -82,19 +83,19 @@ const DEFENCES: &[Defence] = &[
             ("postscreen_greet_action", "enforce"),
             ("postscreen_dnsbl_sites", ""),
         ],
-        front: Front::Postscreen,
+        master_cf: POSTSCREEN_MASTER_CF,
         guard: Guard::Nothing,
     },
     Defence {
         name: "nftables meter",
         main_cf: &[],
-        front: Front::Smtpd,
+        master_cf: "",
         guard: Guard::Nftables,
     },
     Defence {
         name: "smtp-xdp",
         main_cf: &[],
-        front: Front::Smtpd,
+        master_cf: "",
         guard: Guard::SmtpXdp(&[]),
     },
     // "smtp-xdp with BATV enforcing" joins here once BATV lands: its Postfix settings (the
@@ -543,7 +544,7 @@ pub fn storm(
             let limit = PROCESS_LIMIT.to_string();
             let mut main_cf: Vec<(&str, &str)> = vec![("default_process_limit", &limit)];
             main_cf.extend_from_slice(d.main_cf);
-            let pf = Postfix::start_with(&lab, &main_cf, d.front);
+            let pf = Postfix::start_with(&lab, &main_cf, "", d.master_cf);
             let mut addrs = Addresses::new();
             let mut lost_mail = false;
             for (si, shape) in scale.shapes.iter().enumerate() {
@@ -723,7 +724,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
     let _ = writeln!(md, "Defences:\n");
     for d in DEFENCES {
         let how = match d.guard {
-            Guard::Nothing if d.front == Front::Postscreen => format!(
+            Guard::Nothing if d.master_cf == POSTSCREEN_MASTER_CF => format!(
                 "postscreen in front of smtpd (`smtp inet ... postscreen`, `smtpd pass ... smtpd`), {}; its other tests off, as they are by default",
                 settings(d.main_cf)
             ),
