@@ -111,6 +111,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             syn: crate::limiter::Gcra::new(S, 1),
+            syn_storm: crate::limiter::Gcra::new(S, 1),
             bounce: Default::default(),
             bounce_storm: Default::default(),
             global: Default::default(),

@@ -101,9 +101,9 @@ pub trait SynEnv: BanEnv {
     fn net_banned(&mut self, now: u64) -> bool;
     /// Counts a SYN dropped for a ban in the source's statistics, if the source is tracked.
     fn note_banned_syn(&mut self, now: u64);
-    /// Charges the SYN to the source's bucket (creating state on first sight) and counts it in
-    /// the source's statistics.
-    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome;
+    /// Charges the SYN to the source's bucket (creating state on first sight) at the limit
+    /// [`syn_limit`] picks, and counts it in the source's statistics.
+    fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome;
     /// Records a rate drop of the source that [`SynEnv::source_rate`] found over its rate: its
     /// drop count and its offence record, via [`bans::record_rate_drop`].
     fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence;
@@ -130,7 +130,7 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
             return SynVerdict::Dropped(DropReason::Ban);
         }
     }
-    let verdict = match env.source_rate(&policy.syn, now) {
+    let verdict = match env.source_rate(policy, now) {
         RateOutcome::Admitted | RateOutcome::Untracked => SynVerdict::Admitted,
         // A trusted relay over its rate: admitted, never a drop on its record. The global guard
         // (the defence against spoofed floods) still applies.
@@ -163,6 +163,31 @@ pub fn bounce_over_limit<E: BanEnv>(env: &mut E, policy: &Policy, now: u64) -> O
     }
     env.event(crate::event_kind::BOUNCE_LIMIT, None, now);
     issue_ban(env, ban_reason::BOUNCES, policy, now)
+}
+
+/// The connection limit a source's SYN is charged to, given its state before this SYN.
+///
+/// In a bounce storm, a source that has sent bounces, or that first appears during the storm,
+/// gets the storm's burst (`syn_storm`): a wide storm of relays, each holding fewer bounces
+/// than the normal burst, then cannot open many sessions at once and meets its bounce ban
+/// sooner. Senders known from before the storm keep their full burst. The mark of a source new
+/// in a storm is set on its first SYN and cleared on its first SYN after the storm.
+#[inline(always)]
+pub fn syn_limit<'p>(policy: &'p Policy, state: &mut SourceState, storm: bool) -> &'p Gcra {
+    if !storm {
+        if state.flags & source_flags::NEW_IN_STORM != 0 {
+            state.flags &= !source_flags::NEW_IN_STORM;
+        }
+        return &policy.syn;
+    }
+    if state.syns == 0 {
+        state.flags |= source_flags::NEW_IN_STORM;
+    }
+    if state.bounces != 0 || state.flags & source_flags::NEW_IN_STORM != 0 {
+        &policy.syn_storm
+    } else {
+        &policy.syn
+    }
 }
 
 /// Puts the source in the penalty box for `reason`, escalating from its previous entry, unless it
@@ -292,6 +317,7 @@ mod tests {
         ban: Option<Ban>,
         state: Option<SourceState>,
         global_tat: u64,
+        storm: bool,
         events: [u32; crate::event_kind::COUNT as usize],
         bans_rate: u32,
         trusted: bool,
@@ -332,8 +358,10 @@ mod tests {
             self.net_ban.is_some_and(|until| now < until)
         }
         fn note_banned_syn(&mut self, _now: u64) {}
-        fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
+        fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
             let st = self.state.get_or_insert_with(SourceState::default);
+            let gcra = syn_limit(policy, st, self.storm);
+            st.syns += 1;
             match gcra.admit(st.syn_tat, now) {
                 Some(t) => {
                     st.syn_tat = t;
@@ -361,6 +389,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             syn: Gcra::new(60 * S, 2),
+            syn_storm: Gcra::new(60 * S, 1),
             bounce: Gcra::default(),
             bounce_storm: Gcra::default(),
             global: Gcra::default(),
@@ -502,6 +531,59 @@ mod tests {
             SynVerdict::Dropped(DropReason::Global)
         );
         assert_eq!(decide_syn(&mut env, &p, 2 * S), SynVerdict::Admitted);
+    }
+
+    #[test]
+    fn storm_tightens_the_burst_of_bounce_senders_and_newcomers_only() {
+        let mut p = policy();
+        p.syn = Gcra::new(60 * S, 3);
+        let now = 1000 * S;
+        // Known before the storm: the full burst of 3 in the storm too.
+        let mut known = OneSource::default();
+        assert_eq!(decide_syn(&mut known, &p, now), SynVerdict::Admitted);
+        known.storm = true;
+        for _ in 0..2 {
+            assert_eq!(decide_syn(&mut known, &p, now), SynVerdict::Admitted);
+        }
+        assert_eq!(
+            decide_syn(&mut known, &p, now),
+            SynVerdict::Dropped(DropReason::Rate)
+        );
+        // First seen in the storm: the storm's burst of 1, until the storm is over.
+        let mut newcomer = OneSource {
+            storm: true,
+            ..Default::default()
+        };
+        assert_eq!(decide_syn(&mut newcomer, &p, now), SynVerdict::Admitted);
+        assert_eq!(
+            decide_syn(&mut newcomer, &p, now),
+            SynVerdict::Dropped(DropReason::Rate)
+        );
+        newcomer.storm = false;
+        let later = now + 120 * S;
+        for _ in 0..3 {
+            assert_eq!(decide_syn(&mut newcomer, &p, later), SynVerdict::Admitted);
+        }
+        assert_eq!(
+            newcomer.state.unwrap().flags,
+            0,
+            "mark cleared after the storm"
+        );
+        // Known, but it sent bounces: the storm's burst.
+        let mut bouncer = OneSource {
+            state: Some(SourceState {
+                syns: 5,
+                bounces: 1,
+                ..Default::default()
+            }),
+            storm: true,
+            ..Default::default()
+        };
+        assert_eq!(decide_syn(&mut bouncer, &p, now), SynVerdict::Admitted);
+        assert_eq!(
+            decide_syn(&mut bouncer, &p, now),
+            SynVerdict::Dropped(DropReason::Rate)
+        );
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub mod source_flags {
     /// next one within it). The policy service reads it for a trusted relay, which is never
     /// banned, to refuse its over-limit messages one by one.
     pub const BOUNCE_OVER: u32 = 1;
+    /// First seen while a bounce storm was on: held to the storm's connection burst until the
+    /// storm ends.
+    pub const NEW_IN_STORM: u32 = 2;
 }
 
 /// Why a source is in the penalty box.
@@ -258,6 +261,9 @@ pub mod policy_flags {
 pub struct Policy {
     /// New connections per source.
     pub syn: Gcra,
+    /// New connections per source while a storm is on, for sources that sent bounces or first
+    /// appeared during the storm: `syn` with its burst divided by the storm factor.
+    pub syn_storm: Gcra,
     /// Bounces per source; `interval_ns == 0` disables bounce limiting (bounces are still counted).
     pub bounce: Gcra,
     /// Bounces per source while a storm is on (the `bounce` limit tightened by the storm factor).
@@ -614,7 +620,7 @@ mod tests {
         assert_eq!(size_of::<SourceKey>(), 4 + 16);
         assert_eq!(size_of::<SourceState>(), 7 * 8 + 2 * 4);
         assert_eq!(size_of::<Ban>(), 2 * 8 + 4 * 4);
-        assert_eq!(size_of::<Policy>(), 12 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
+        assert_eq!(size_of::<Policy>(), 14 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
         assert_eq!(size_of::<PortStats>(), 3 * 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8 + 16);
         assert_eq!(size_of::<Trust>(), 2 * 8 + 16 + 2 * 4);

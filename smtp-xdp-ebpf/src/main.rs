@@ -413,14 +413,16 @@ impl SynEnv for KernelEnv<'_> {
     }
 
     #[inline(always)]
-    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
+    fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
         let Some(st) = self.state(true) else {
             return RateOutcome::Untracked;
         };
         self.st = st;
         // SAFETY: `st` points into the SOURCES value for this key. The bucket is updated by
-        // compare-and-swap; statistics by atomic adds.
+        // compare-and-swap; statistics by atomic adds; the flags by a plain store (a race there
+        // can only mark a source one SYN late).
         unsafe {
+            let gcra = decide::syn_limit(policy, &mut *st, storm_on());
             atomic_add(&raw mut (*st).syns, 1);
             (*st).last_seen = now;
             if gcra_shared(&raw mut (*st).syn_tat, gcra, now) {
@@ -455,6 +457,12 @@ impl SynEnv for KernelEnv<'_> {
             None => true,
         }
     }
+}
+
+/// Whether the controller has declared a bounce storm.
+#[inline(always)]
+fn storm_on() -> bool {
+    STORM.get(0).is_some_and(|&s| s != 0)
 }
 
 #[inline(always)]
@@ -576,9 +584,8 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
         return;
     };
     let now = now();
-    let storm = STORM.get(0).is_some_and(|&s| s != 0);
     // SAFETY: `st` points into the SOURCES value for this key.
-    let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm, found, now) };
+    let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm_on(), found, now) };
     if verdict == BounceVerdict::OverLimit {
         decide::bounce_over_limit(&mut env, policy, now);
     }

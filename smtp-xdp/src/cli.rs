@@ -362,7 +362,8 @@ pub struct RunArgs {
     /// Global bounce rate that starts a storm, or "off" [default: 100/min].
     #[arg(long, value_name = "RATE")]
     pub storm_rate: Option<String>,
-    /// Per-source bounce limits are divided by this during a storm [default: 4].
+    /// Per-source bounce limits, and the connection burst of bounce senders and sources new in
+    /// the storm, are divided by this during a storm [default: 4].
     #[arg(long, value_name = "N")]
     pub storm_factor: Option<String>,
     /// A storm ends after this long below storm-rate [default: 5m].

@@ -591,6 +591,7 @@ impl Settings {
         };
         Policy {
             syn: self.rate.gcra(self.burst),
+            syn_storm: self.rate.gcra(self.burst / self.storm_factor.max(1) as u64),
             bounce,
             bounce_storm,
             global: self

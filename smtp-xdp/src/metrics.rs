@@ -427,7 +427,7 @@ impl Collector for Exporter {
         gauge(
             &mut enc,
             "storm_active",
-            "1 while a bounce storm is on (per-source bounce limits tightened).",
+            "1 while a bounce storm is on (per-source bounce limits and newcomers' connection bursts tightened).",
             s.storm as u8 as f64,
         )?;
         counter(

@@ -183,6 +183,36 @@ impl Lab {
         .expect("listener thread")
     }
 
+    /// Adds `addrs` (IPv4, outside the lab's /24, e.g. relays from elsewhere in 198.18.0.0/15)
+    /// to the client veth in one `ip -batch`, and routes 198.18.0.0/15 from the server through
+    /// the client's primary address: one neighbour entry however many addresses there are.
+    /// They go away with the namespace.
+    pub fn add_remote_addrs(&self, addrs: &[std::net::Ipv4Addr]) {
+        let batch = self.path("addrs.batch");
+        let mut text = String::with_capacity(addrs.len() * 48);
+        for a in addrs {
+            text.push_str(&format!("addr add {a}/32 dev {}\n", self.client_if));
+        }
+        std::fs::write(&batch, text).expect("address batch");
+        sh(Command::new("ip").args([
+            "-n",
+            &self.client_ns,
+            "-batch",
+            batch.to_str().expect("utf-8 path"),
+        ]));
+        let _ = std::fs::remove_file(&batch);
+        self.exec_server(&[
+            "ip",
+            "route",
+            "replace",
+            "198.18.0.0/15",
+            "via",
+            &self.client_addr(0),
+            "dev",
+            &self.server_if,
+        ]);
+    }
+
     /// A command run inside a namespace with `ip netns exec` (own mount namespace: bpffs pins of
     /// the root namespace are not visible there).
     pub fn in_ns(ns: &str, args: &[&str]) -> Command {

@@ -251,9 +251,11 @@ impl SynEnv for Env<'_> {
         }
     }
 
-    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
+    fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
         self.state_or_create();
+        let storm = self.m.storm;
         let st = self.m.sources.get_mut(&self.key).expect("created");
+        let gcra = decide::syn_limit(policy, st, storm);
         st.syns += 1;
         st.last_seen = now;
         match gcra.admit(st.syn_tat, now) {

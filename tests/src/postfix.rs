@@ -16,6 +16,15 @@ pub struct Postfix {
     ns: String,
 }
 
+/// `master.cf` entries for [`Postfix::start_with`] that put postscreen in front of smtpd: it
+/// answers port 25 and hands the clients that pass its tests to smtpd.
+pub const POSTSCREEN_MASTER_CF: &str = "\
+smtp      inet  n       -       n       -       1       postscreen
+smtpd     pass  -       -       n       -       -       smtpd
+dnsblog   unix  -       -       n       -       0       dnsblog
+tlsproxy  unix  -       -       n       -       0       tlsproxy
+";
+
 /// master.cf without chroot (the queue directory is private to the test anyway).
 const MASTER_CF: &str = "\
 smtp      inet  n       -       n       -       -       smtpd
@@ -197,6 +206,31 @@ biff = no
     /// Messages waiting in the maildrop queue (submitted by sendmail, not yet picked up).
     pub fn maildrop(&self) -> usize {
         std::fs::read_dir(self.dir.join("queue/maildrop")).map_or(0, |d| d.count())
+    }
+
+    /// The master daemon's process id (its children are Postfix's other processes).
+    pub fn master_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("queue/pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until every accepted message has left the queue (delivered to `discard:`), at most
+    /// `limit`.
+    pub fn wait_queue_empty(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let queued = || {
+            ["incoming", "active", "maildrop"]
+                .iter()
+                .filter_map(|q| std::fs::read_dir(self.dir.join("queue").join(q)).ok())
+                .map(|d| d.count())
+                .sum::<usize>()
+        };
+        while queued() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn maillog(&self) -> String {

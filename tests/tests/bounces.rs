@@ -1,5 +1,6 @@
 //! Null-sender (`MAIL FROM:<>`) counting in the real program, on crafted port-25 segments, and
-//! bans for bounce flooders, tightened in a storm.
+//! bans for bounce flooders, tightened in a storm, with the storm's connection burst for bounce
+//! senders and newcomers.
 
 use smtp_xdp::{config::Settings, maps::addr_key, units::Rate};
 use smtp_xdp_common::Counter;
@@ -152,6 +153,42 @@ fn bounce_flooder_is_banned_and_storm_tightens_the_limit() {
     assert_eq!(k.counter(Counter::BansBounces), 1);
     bounces(&k, other, 25, b"MAIL FROM:<>\r\n");
     assert_eq!(k.counter(Counter::BansBounces), 2);
+}
+
+/// How many of `n` back-to-back SYNs from `src` are admitted.
+fn admitted(k: &Kernel, src: &str, n: u32) -> u32 {
+    (0..n)
+        .filter(|_| k.run(&Frame::syn(src, 25).build()) == XDP_PASS)
+        .count() as u32
+}
+
+#[test]
+fn storm_divides_the_connection_burst_of_bounce_senders_and_newcomers() {
+    require_bpf!();
+    let mut k = Kernel::load(&Settings {
+        rate: Rate::per_hour(1),
+        burst: 8,
+        ban_threshold: 0,
+        ..settings(1000)
+    });
+    let known = "198.18.45.1";
+    let bouncer = "198.18.45.2";
+    assert_eq!(admitted(&k, known, 1), 1);
+    assert_eq!(admitted(&k, bouncer, 1), 1);
+    bounces(&k, bouncer, 25, b"MAIL FROM:<>\r\n");
+    k.maps.set_storm(true).unwrap();
+    // Known before the storm, no bounces: the whole burst of 8.
+    assert_eq!(admitted(&k, known, 10), 7);
+    // A bounce sender, and a source first seen in the storm: 8 / 4 = 2.
+    assert_eq!(admitted(&k, bouncer, 10), 1);
+    assert_eq!(admitted(&k, "198.18.45.3", 10), 2);
+    // After the storm, the newcomer is an ordinary source again (its bucket already spent).
+    k.maps.set_storm(false).unwrap();
+    let late = "198.18.45.4";
+    k.maps.set_storm(true).unwrap();
+    assert_eq!(admitted(&k, late, 1), 1);
+    k.maps.set_storm(false).unwrap();
+    assert_eq!(admitted(&k, late, 10), 7);
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
         }
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let pool = gen::Pool::new(&mut rng);
+    let mut pool = gen::Pool::new(&mut rng);
     // Trusted relays (DNS allowlist answers), identical on both sides; the first one's trust
     // has already expired.
     let policy = s.policy();
@@ -92,10 +92,17 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     }
     let mut drops = 0u64;
     for i in 0..frames {
-        if i == frames / 2 {
-            // Half-way, a storm starts: tighter bounce limits on both sides.
+        if i == frames / 3 {
+            // A storm starts, and new sources appear: tighter bounce limits and, for bounce
+            // senders and newcomers, a tighter connection burst, on both sides.
             k.maps.set_storm(true).unwrap();
             m.storm = true;
+            pool = gen::Pool::new(&mut rng);
+        }
+        if i == 2 * frames / 3 {
+            // The storm ends: normal limits, newcomers' marks cleared as they come back.
+            k.maps.set_storm(false).unwrap();
+            m.storm = false;
         }
         if dry_run && i == frames * 3 / 4 {
             // Monitor mode ends: would-bans must stop counting on both sides alike.
@@ -162,8 +169,8 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
             .unwrap()
             .expect("source tracked by the kernel too");
         assert_eq!(
-            (ks.syns, ks.drops, ks.bounces, ks.window_drops),
-            (ms.syns, ms.drops, ms.bounces, ms.window_drops),
+            (ks.syns, ks.drops, ks.bounces, ks.window_drops, ks.flags),
+            (ms.syns, ms.drops, ms.bounces, ms.window_drops, ms.flags),
             "seed {seed}: source {}",
             key_net(key, Some(&policy))
         );

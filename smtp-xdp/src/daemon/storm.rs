@@ -1,6 +1,7 @@
 //! Bounce-storm detection: once a second, the bounce total of all sources together over a
 //! sliding minute; over `storm-rate` the kernel's storm flag tightens every per-source bounce
-//! limit until the rate stays below for `storm-hold`.
+//! limit, and the connection burst of bounce senders and sources new in the storm, until the
+//! rate stays below for `storm-hold`.
 
 use std::{
     collections::VecDeque,
@@ -97,7 +98,7 @@ fn check(shared: &Shared, watch: &mut StormWatch) {
             event = "storm",
             bounces_last_minute = last_minute,
             factor = settings.storm_factor,
-            "bounce storm: per-source bounce limits tightened"
+            "bounce storm: per-source bounce limits and newcomers' connection bursts tightened"
         );
     } else {
         tracing::info!(

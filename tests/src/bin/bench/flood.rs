@@ -1,4 +1,4 @@
-//! Sections 3–5: SYN floods into the server namespace over a veth, defended by smtp-xdp,
+//! Sections 3, 4 and 6: SYN floods into the server namespace over a veth, defended by smtp-xdp,
 //! nftables, iptables, Postfix's anvil or nothing; legitimate mail under attack; the
 //! controller's own cost.
 
@@ -52,13 +52,13 @@ impl Defence {
 
 /// CPU time from /proc/stat (all CPUs), in jiffies.
 #[derive(Clone, Copy, Default)]
-struct Cpu {
-    busy: u64,
-    softirq: u64,
-    total: u64,
+pub(crate) struct Cpu {
+    pub busy: u64,
+    pub softirq: u64,
+    pub total: u64,
 }
 
-fn cpu() -> Cpu {
+pub(crate) fn cpu() -> Cpu {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> = text
         .lines()
@@ -78,7 +78,7 @@ fn cpu() -> Cpu {
     }
 }
 
-fn jiffy_ns() -> f64 {
+pub(crate) fn jiffy_ns() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     1e9 / hz as f64
@@ -117,7 +117,7 @@ pub fn trafgen(lab: &Lab, count: u64, pps: u64, sources: u32) -> Child {
 
 /// Installs `d` in `lab` (for smtp-xdp: starts the controller; returns its pid). `allow`: an
 /// address every defence exempts (a known relay, as operators list their backup MX).
-fn install(lab: &mut Lab, d: Defence, allow: Option<&str>) -> Option<u32> {
+pub(crate) fn install(lab: &mut Lab, d: Defence, allow: Option<&str>) -> Option<u32> {
     let rule = format!("{RATE_PER_MIN}/minute burst {BURST} packets");
     match d {
         Defence::None | Defence::Anvil => None,
@@ -432,7 +432,7 @@ pub fn legit_under_attack(report: &mut Report, quick: bool) -> Vec<(Defence, Vec
     series
 }
 
-/// Section 5: the controller's RSS and CPU, idle and under a flood with /metrics scraped every
+/// Section 6: the controller's RSS and CPU, idle and under a flood with /metrics scraped every
 /// second.
 pub fn controller_cost(report: &mut Report, quick: bool) {
     let secs = if quick { 3 } else { 20 };
@@ -488,7 +488,7 @@ pub fn controller_cost(report: &mut Report, quick: bool) {
     signal(pid, libc::SIGTERM);
     lab.wait_exit(pid, Duration::from_secs(10));
     let mut md = String::new();
-    let _ = writeln!(md, "## 5. Controller cost\n");
+    let _ = writeln!(md, "## 6. Controller cost\n");
     let _ = writeln!(md, "`smtp-xdp run` with default table sizes (1M sources), `/metrics` scraped every second, over {secs} s each; under flood: 10,000 SYN/s from 1024 sources ({drops} dropped in total).\n");
     let _ = writeln!(md, "| state | RSS | CPU |");
     let _ = writeln!(md, "|---|---:|---:|");

@@ -3,8 +3,10 @@
 //! figures; `--quick` (CI) runs every benchmark briefly and writes nothing.
 
 mod flood;
+mod observe;
 mod plot;
 mod report;
+mod storm;
 
 use std::{
     fmt::Write as _,
@@ -23,6 +25,9 @@ use smtp_xdp_tests::{
 };
 
 use report::{Report, Row};
+
+/// The per-packet row the storm section prices XDP's refusals with.
+const BANNED_SYN: &str = "banned-source SYN";
 
 struct Mode {
     quick: bool,
@@ -45,9 +50,14 @@ fn main() {
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut report = Report::new(quick);
     let mut figures: Vec<(String, String)> = Vec::new();
+    let mut banned_syn_ns = None;
     if run("per-packet") {
         eprintln!("bench: 1. per-packet cost");
         let bars = per_packet(&mode, &mut report);
+        banned_syn_ns = bars
+            .iter()
+            .find(|(name, _)| name == BANNED_SYN)
+            .map(|(_, ns)| *ns);
         figures.push((
             "benchmarks-per-packet.svg".into(),
             plot::bar_chart("Cost per packet (BPF_PROG_TEST_RUN, median)", "ns", &bars),
@@ -101,11 +111,15 @@ fn main() {
             ),
         ));
     }
+    if run("storm") {
+        eprintln!("bench: 5. a backscatter storm of real SMTP sessions");
+        figures.extend(storm::storm(&mut report, quick, banned_syn_ns));
+    }
     if run("controller") {
-        eprintln!("bench: 5. controller cost");
+        eprintln!("bench: 6. controller cost");
         flood::controller_cost(&mut report, quick);
     }
-    if quick {
+    if quick || only.is_some() {
         println!("{}", report.markdown());
         for (name, svg) in &figures {
             assert!(
@@ -113,7 +127,8 @@ fn main() {
                 "{name}"
             );
         }
-        println!("bench: quick pass complete (numbers from a quick pass are not a report)");
+        let what = if quick { "quick pass" } else { "partial run" };
+        println!("bench: {what} complete (a {what} is not a report: nothing written)");
         return;
     }
     report.write("docs").expect("writing docs/benchmarks.*");
@@ -297,7 +312,7 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
         .ban_source(&key, &Ban::manual(now, 3_600_000_000_000))
         .expect("ban");
     rows.push((
-        "banned-source SYN".into(),
+        BANNED_SYN.into(),
         measure(&limited, p, &Frame::syn("198.18.0.9", 25).build(), mode),
     ));
     limited

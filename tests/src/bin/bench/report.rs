@@ -137,7 +137,13 @@ impl Report {
         assert!(!self.quick, "a quick pass is not a report");
         let d = Path::new(dir);
         std::fs::create_dir_all(d)?;
-        std::fs::write(d.join("benchmarks.md"), &self.md)?;
+        // The soak section is written by `cargo xtask soak`, not by this run: keep it.
+        let old = std::fs::read_to_string(d.join("benchmarks.md")).unwrap_or_default();
+        let soak = match (old.find("<!-- soak -->"), old.find("<!-- /soak -->")) {
+            (Some(a), Some(b)) if a < b => format!("\n{}\n", &old[a..b + "<!-- /soak -->".len()]),
+            _ => String::new(),
+        };
+        std::fs::write(d.join("benchmarks.md"), format!("{}{soak}", self.md))?;
         std::fs::write(
             d.join("benchmarks.json"),
             serde_json::to_string_pretty(&Value::Object(self.json.clone()))? + "\n",
