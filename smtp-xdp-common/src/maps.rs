@@ -26,9 +26,11 @@ pub mod names {
     pub const STORM: &str = "STORM";
     pub const EVENTS: &str = "EVENTS";
     pub const META: &str = "META";
+    pub const CROWDSEC_V4: &str = "CROWDSEC_V4";
+    pub const CROWDSEC_V6: &str = "CROWDSEC_V6";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 22] = [
+    pub const PINNED: [&str; 24] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
@@ -51,6 +53,8 @@ pub mod names {
         STORM,
         EVENTS,
         META,
+        CROWDSEC_V4,
+        CROWDSEC_V6,
     ];
 }
 
@@ -74,6 +78,8 @@ pub mod present {
     pub const ALLOW: u32 = 1;
     pub const DENY: u32 = 2;
     pub const BANNED_NETS: u32 = 4;
+    /// `CROWDSEC_V4` / `CROWDSEC_V6`: decisions of a CrowdSec Local API.
+    pub const CROWDSEC: u32 = 8;
 }
 
 /// Default sizes of the maps the controller can resize.
@@ -81,6 +87,9 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
 pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;
+/// Default capacity of each CrowdSec decision trie (IPv4 and IPv6): room for big blocklists.
+/// Entries are allocated on demand (`BPF_F_NO_PREALLOC`), so an empty trie costs nothing.
+pub const DEFAULT_MAX_DECISIONS: u32 = 1 << 18;
 pub const EVENTS_BYTES: u32 = 1 << 18;
 /// Slots of `COUNTERS` and `USER_COUNTERS`: room to add counters without a new map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -155,6 +164,9 @@ pub mod ban_reason {
     pub const RATE: u32 = 1;
     pub const BOUNCES: u32 = 2;
     pub const MANUAL: u32 = 3;
+    /// A decision of a CrowdSec Local API (kept in the `CROWDSEC_*` tries, apart from the
+    /// local penalty box).
+    pub const CROWDSEC: u32 = 4;
 }
 
 /// Bits of [`Ban::flags`].
@@ -165,7 +177,8 @@ pub mod ban_flags {
     pub const WOULD: u32 = 1;
 }
 
-/// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` keyed by prefix).
+/// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` and `CROWDSEC_*` keyed by
+/// prefix).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ban {
@@ -259,7 +272,8 @@ pub struct PortStats {
 }
 
 /// Indices of the per-CPU `COUNTERS` array. One packet increments exactly one of the packet
-/// counters (`PassNotSmtp` ..= `WouldDropGlobal`); the rest count events.
+/// counters (those [`Counter::is_verdict`] names); the rest count events. New counters go at the
+/// end: the indices are the pinned layout.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Counter {
@@ -294,10 +308,13 @@ pub enum Counter {
     /// Bans monitor mode would have issued (rate, bounces).
     WouldBansRate,
     WouldBansBounces,
+    /// SYNs dropped (or would-drop) for a CrowdSec decision.
+    DropCrowdsec,
+    WouldDropCrowdsec,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::WouldBansBounces as u32 + 1;
+    pub const COUNT: u32 = Counter::WouldDropCrowdsec as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotSmtp,
@@ -324,11 +341,31 @@ impl Counter {
         Counter::NoPolicy,
         Counter::WouldBansRate,
         Counter::WouldBansBounces,
+        Counter::DropCrowdsec,
+        Counter::WouldDropCrowdsec,
     ];
 
     /// True for the counters that count packets by verdict (exactly one per packet).
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Counter::WouldDropGlobal as u32
+        matches!(
+            self,
+            Counter::PassNotSmtp
+                | Counter::PassUnparsed
+                | Counter::PassSmtpOther
+                | Counter::SynAdmitted
+                | Counter::SynAllowlisted
+                | Counter::DropDeny
+                | Counter::DropBan
+                | Counter::DropRate
+                | Counter::DropGlobal
+                | Counter::WouldDropDeny
+                | Counter::WouldDropBan
+                | Counter::WouldDropRate
+                | Counter::WouldDropGlobal
+                | Counter::NoPolicy
+                | Counter::DropCrowdsec
+                | Counter::WouldDropCrowdsec
+        )
     }
 
     /// Stable snake_case name, used in `stats --json` and as metric label values.
@@ -358,6 +395,8 @@ impl Counter {
             Counter::NoPolicy => "no_policy",
             Counter::WouldBansRate => "would_bans_rate",
             Counter::WouldBansBounces => "would_bans_bounces",
+            Counter::DropCrowdsec => "drop_crowdsec",
+            Counter::WouldDropCrowdsec => "would_drop_crowdsec",
         }
     }
 }

@@ -128,6 +128,8 @@ pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
         Counter::WouldDropBan => ("would_drop", "ban"),
         Counter::WouldDropRate => ("would_drop", "rate"),
         Counter::WouldDropGlobal => ("would_drop", "global"),
+        Counter::DropCrowdsec => ("drop", "crowdsec"),
+        Counter::WouldDropCrowdsec => ("would_drop", "crowdsec"),
         _ => return None,
     })
 }
