@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod events;
 pub mod host;
