@@ -427,10 +427,27 @@ pub enum UserCounter {
     /// instead of walking a table of a million entries.
     CensusTracked,
     CensusAt,
+    /// CrowdSec: local bans reported to the Local API as alerts, and those dropped (queue full).
+    CrowdsecAlertsSent,
+    CrowdsecAlertsDropped,
+    /// CrowdSec: decision stream pulls that failed (LAPI down, refused, malformed answer).
+    CrowdsecPollErrors,
+    /// CrowdSec: networks newly enforced, and removed (deleted or gone at a resync).
+    CrowdsecDecisionsAdded,
+    CrowdsecDecisionsDeleted,
+    /// CrowdSec: decisions not enforced, by reason (`crowdsec::Skipped` order).
+    CrowdsecSkippedNotBan,
+    CrowdsecSkippedScope,
+    CrowdsecSkippedSimulated,
+    CrowdsecSkippedInvalid,
+    CrowdsecSkippedExpired,
+    CrowdsecSkippedFiltered,
+    CrowdsecSkippedOwn,
+    CrowdsecSkippedCapacity,
 }
 
 impl UserCounter {
-    pub const COUNT: u32 = UserCounter::CensusAt as u32 + 1;
+    pub const COUNT: u32 = UserCounter::CrowdsecSkippedCapacity as u32 + 1;
 }
 
 /// Event kinds on the `EVENTS` ring buffer.

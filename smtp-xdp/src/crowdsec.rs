@@ -32,6 +32,26 @@ pub const SCENARIOS: [&str; 4] = [
     "smtp-xdp/backscatter",
     "smtp-xdp/manual",
 ];
+/// Origins the kernel's entries name (in `Ban::level`, unused by CrowdSec entries), so `bans`
+/// tells a blocklist from a manual decision without asking LAPI. 0: another origin.
+pub const KNOWN_ORIGINS: [&str; 6] = ["crowdsec", "cscli", "CAPI", "lists", "cscli-import", ORIGIN];
+
+/// The code of `origin` in a kernel entry.
+pub fn origin_code(origin: &str) -> u32 {
+    KNOWN_ORIGINS
+        .iter()
+        .position(|o| *o == origin)
+        .map_or(0, |i| i as u32 + 1)
+}
+
+/// The origin a kernel entry names.
+pub fn origin_name(code: u32) -> &'static str {
+    match code {
+        1..=6 => KNOWN_ORIGINS[code as usize - 1],
+        _ => "other",
+    }
+}
+
 /// Largest answer read from LAPI: a stream of a million decisions fits (about 140 bytes each).
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// Largest secret file read (a bouncer key or machine credentials).
@@ -398,6 +418,8 @@ struct Entry {
     ids: Vec<(i64, u64)>,
     /// Index into [`Table::origins`] of the decision that set `until`.
     origin: u16,
+    /// [`origin_code`] of that origin.
+    origin_code: u32,
     /// In the kernel's trie (false when the trie was full).
     in_kernel: bool,
 }
@@ -407,7 +429,7 @@ impl Entry {
         Ban {
             until: self.until,
             since: self.since,
-            level: 0,
+            level: self.origin_code,
             reason: ban_reason::CROWDSEC,
             flags: 0,
             _reserved: 0,
@@ -485,11 +507,13 @@ impl Table {
     fn add(&mut self, d: &Decision, now: u64) -> bool {
         let until = now.saturating_add(d.duration_ns as u64);
         let origin = self.origin_index(&d.origin);
+        let code = origin_code(&d.origin);
         let e = self.entries.entry(d.net).or_insert(Entry {
             until: 0,
             since: now,
             ids: Vec::new(),
             origin,
+            origin_code: code,
             in_kernel: false,
         });
         match e.ids.iter_mut().find(|(id, _)| *id == d.id) {
@@ -499,6 +523,7 @@ impl Table {
         if until > e.until {
             e.until = until;
             e.origin = origin;
+            e.origin_code = code;
             return true;
         }
         !e.in_kernel
@@ -1042,9 +1067,23 @@ mod tests {
         assert_eq!(parse_go_duration("2\u{3bc}s"), Some(2000));
         assert_eq!(parse_go_duration("300ns"), Some(300));
         assert_eq!(parse_go_duration(".5s"), Some(500 * MS));
-        assert_eq!(parse_go_duration("1h1m1s1ms1us1ns"), Some(3_661_001_001_001));
+        assert_eq!(
+            parse_go_duration("1h1m1s1ms1us1ns"),
+            Some(3_661_001_001_001)
+        );
         assert_eq!(parse_go_duration("+5s"), Some(5 * S));
-        for bad in ["", "-", "1d", "10", "h", "1.s.5", "1hh", "s5", " 5s", "9999999999h"] {
+        for bad in [
+            "",
+            "-",
+            "1d",
+            "10",
+            "h",
+            "1.s.5",
+            "1hh",
+            "s5",
+            " 5s",
+            "9999999999h",
+        ] {
             assert_eq!(parse_go_duration(bad), None, "{bad:?}");
         }
         assert_eq!(go_duration(600 * S as u64), "600s");
@@ -1089,7 +1128,9 @@ mod tests {
     #[test]
     fn values_are_canonicalised_and_odd_decisions_skipped() {
         let d = |scope: &str, value: &str, kind: &str| {
-            format!(r#"{{"id":7,"origin":"o","scenario":"s","scope":"{scope}","type":"{kind}","value":"{value}","duration":"1h","until":"x","uuid":"u"}}"#)
+            format!(
+                r#"{{"id":7,"origin":"o","scenario":"s","scope":"{scope}","type":"{kind}","value":"{value}","duration":"1h","until":"x","uuid":"u"}}"#
+            )
         };
         let body = format!(
             r#"{{"new":[{},{},{},{},{},{},{},{},{},{},{},{}]}}"#,
@@ -1170,6 +1211,8 @@ mod tests {
         assert_eq!(c.upserts.len(), 1, "one network, one kernel write");
         assert_eq!(c.upserts[0].1.until, T0 + 3600 * S as u64);
         assert_eq!(c.upserts[0].1.reason, ban_reason::CROWDSEC);
+        assert_eq!(origin_name(c.upserts[0].1.level), "cscli");
+        assert_eq!(origin_name(origin_code("somebody")), "other");
         // A shorter re-import never shortens; a longer one extends.
         let s = Stream {
             new: vec![dec(3, "198.18.0.1/32", 10)],
@@ -1299,10 +1342,9 @@ mod tests {
 
     #[test]
     fn credentials_and_login() {
-        let c = parse_credentials(
-            "url: http://127.0.0.1:8080/\nlogin: mx1\npassword: \"p#ss: w\"\n",
-        )
-        .unwrap();
+        let c =
+            parse_credentials("url: http://127.0.0.1:8080/\nlogin: mx1\npassword: \"p#ss: w\"\n")
+                .unwrap();
         assert_eq!(c.url.as_deref(), Some("http://127.0.0.1:8080"));
         assert_eq!((c.login.as_str(), c.password.as_str()), ("mx1", "p#ss: w"));
         assert!(!format!("{c:?}").contains("p#ss"), "no password in logs");
@@ -1310,10 +1352,8 @@ mod tests {
         assert!(parse_credentials("garbage\n").is_err());
         let body: serde_json::Value = serde_json::from_slice(&login_body(&c)).unwrap();
         assert_eq!(body["machine_id"], "mx1");
-        let t = decode_login(
-            br#"{"code":200,"expire":"2026-12-01T20:36:12Z","token":"eyJ.x.y"}"#,
-        )
-        .unwrap();
+        let t = decode_login(br#"{"code":200,"expire":"2026-12-01T20:36:12Z","token":"eyJ.x.y"}"#)
+            .unwrap();
         assert_eq!(t.token, "eyJ.x.y");
         assert_eq!(t.expire_unix, Some(1_796_157_372));
         assert!(decode_login(br#"{"code":401,"message":"bad"}"#).is_err());
@@ -1328,7 +1368,12 @@ mod tests {
             Some(1_796_157_372)
         );
         assert_eq!(crate::clock::rfc3339(1_796_157_372), "2026-12-01T20:36:12Z");
-        for bad in ["", "2026-13-01T00:00:00Z", "2026-12-01 junk", "2026-12-01T20:36:12"] {
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01 junk",
+            "2026-12-01T20:36:12",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -1348,7 +1393,11 @@ mod tests {
         assert_eq!(a["source"]["ip"], "198.18.0.7");
         let d = &a["decisions"][0];
         assert_eq!(
-            (d["scope"].as_str(), d["value"].as_str(), d["duration"].as_str()),
+            (
+                d["scope"].as_str(),
+                d["value"].as_str(),
+                d["duration"].as_str()
+            ),
             (Some("Ip"), Some("198.18.0.7"), Some("600s"))
         );
         assert_eq!(d["origin"], ORIGIN);
@@ -1368,7 +1417,10 @@ mod tests {
         assert_eq!(a["decisions"][0]["scope"], "Range");
         assert_eq!(a["decisions"][0]["value"], "2001:db8:1:2::/64");
         assert_eq!(a["decisions"][0]["duration"], "86400s");
-        assert_eq!(scenario(ban_reason::BOUNCES, false), "smtp-xdp/bounce-flood");
+        assert_eq!(
+            scenario(ban_reason::BOUNCES, false),
+            "smtp-xdp/bounce-flood"
+        );
         assert_eq!(scenario(ban_reason::MANUAL, false), "smtp-xdp/manual");
     }
 

@@ -15,7 +15,8 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, census, exporter, kernel_events, mode, persist, policy, reload, resolve_settings,
+    audit, census, crowdsec, exporter, kernel_events, mode, persist, policy, reload,
+    resolve_settings,
     shared::Shared,
     startup::{self, Started},
     storm, sweep, RunOptions,
@@ -116,6 +117,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let settings = resolved.settings.clone();
     let config_path = resolved.config.clone();
     let listeners = Listeners::bind(&settings).await?;
+    let crowdsec = crowdsec::prepare(&settings)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
         persist::read(&state_path)?
@@ -181,6 +183,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         started_unix: clock::to_unix_secs(now),
         sources_capacity,
         bans_capacity,
+        local_bans: tokio::sync::broadcast::channel(super::shared::LOCAL_BANS_BACKLOG).0,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -197,6 +200,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(persist::run(shared.clone()));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));
+    }
+    if let Some(setup) = crowdsec {
+        tasks.spawn(crowdsec::run(setup, shared.clone()));
     }
     if let Some(bound) = listeners.policy {
         tracing::info!(listen = ?settings.policy_listen.as_ref().map(|l| l.to_string()), "policy service listening");

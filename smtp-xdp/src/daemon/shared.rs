@@ -8,11 +8,13 @@ use std::{
     time::Instant,
 };
 
-use smtp_xdp_common::Event;
+use smtp_xdp_common::{event_kind, Event};
+use tokio::sync::broadcast;
 
 use crate::{
     clock,
     config::Settings,
+    crowdsec::LocalBan,
     events::EventLog,
     maps::Maps,
     metrics::{Cache, View},
@@ -36,7 +38,14 @@ pub struct Shared {
     pub started_unix: u64,
     pub sources_capacity: u64,
     pub bans_capacity: u64,
+    /// Every ban the kernel or the policy service issued (not would-bans), for services that
+    /// report them (CrowdSec). Bounded: a subscriber that falls behind learns how many it
+    /// missed.
+    pub local_bans: broadcast::Sender<LocalBan>,
 }
+
+/// Bans a subscriber of [`Shared::local_bans`] may fall behind by.
+pub const LOCAL_BANS_BACKLOG: usize = 4096;
 
 impl Shared {
     /// A copy of the settings in force.
@@ -76,6 +85,33 @@ impl Shared {
             for e in evs {
                 log.log(e, policy.as_ref(), origin);
             }
+        }
+        self.announce_bans(evs, policy.as_ref());
+    }
+
+    /// Passes the bans among `evs` to the subscribers of [`Shared::local_bans`], if any.
+    fn announce_bans(&self, evs: &[Event], policy: Option<&smtp_xdp_common::Policy>) {
+        if self.local_bans.receiver_count() == 0 {
+            return;
+        }
+        let mut bans = evs.iter().filter(|e| e.kind == event_kind::BAN).peekable();
+        if bans.peek().is_none() {
+            return;
+        }
+        let storm = self
+            .maps
+            .lock()
+            .ok()
+            .and_then(|m| m.storm().ok())
+            .unwrap_or(false);
+        for e in bans {
+            let _ = self.local_bans.send(LocalBan {
+                net: crate::maps::key_net(&e.key, policy),
+                reason: e.reason,
+                storm,
+                duration_ns: e.value,
+                at_unix: clock::to_unix_secs(e.at),
+            });
         }
     }
 }
