@@ -94,6 +94,7 @@ pub fn reason_name(reason: u32) -> &'static str {
         ban_reason::RATE => "rate",
         ban_reason::BOUNCES => "bounces",
         ban_reason::MANUAL => "manual",
+        ban_reason::CROWDSEC => "crowdsec",
         _ => "unknown",
     }
 }
