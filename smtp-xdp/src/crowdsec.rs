@@ -406,16 +406,21 @@ fn url_escape(s: &str) -> String {
 }
 
 // --- what is enforced --------------------------------------------------------------------------
+//
+// LAPI's stream speaks of values, not of decisions: it sends one decision per value (the
+// longest), never a `deleted` for a value that still has an active decision, and a `deleted`
+// once none is left (measured with LAPI 1.4.6). So the table keeps one entry per network, and a
+// delete lifts the network, unless the entry was (re)added after that decision ended (a stale
+// delete repeated by a later answer).
 
-/// One enforced network: the longest of its decisions wins.
+/// One enforced network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
-    /// Boot-clock end of enforcement: the latest end of its decisions (never shortened by a
-    /// resync, only by deleting a decision).
+    /// Boot-clock end of enforcement: the latest end of its decisions.
     until: u64,
     since: u64,
-    /// Decision ids and their ends (usually one).
-    ids: Vec<(i64, u64)>,
+    /// When a decision last confirmed or extended it.
+    updated: u64,
     /// Index into [`Table::origins`] of the decision that set `until`.
     origin: u16,
     /// [`origin_code`] of that origin.
@@ -483,43 +488,34 @@ impl Table {
     }
 
     fn origin_index(&mut self, origin: &str) -> u16 {
-        if let Some(i) = self.origins.iter().position(|o| o == origin) {
-            return i as u16;
-        }
-        if self.origins.len() >= MAX_ORIGINS {
-            return self.origin_index_other();
-        }
-        self.origins.push(origin.to_string());
-        (self.origins.len() - 1) as u16
-    }
-
-    fn origin_index_other(&mut self) -> u16 {
-        match self.origins.iter().position(|o| o == "other") {
+        let name = if self.origins.iter().any(|o| o == origin) || self.origins.len() < MAX_ORIGINS {
+            origin
+        } else {
+            "other"
+        };
+        match self.origins.iter().position(|o| o == name) {
             Some(i) => i as u16,
             None => {
-                self.origins.push("other".into());
+                self.origins.push(name.to_string());
                 (self.origins.len() - 1) as u16
             }
         }
     }
 
-    /// Adds one decision (the longer end wins); true when the entry's end changed.
+    /// Adds one decision (the longer end wins); true when the kernel needs a write.
     fn add(&mut self, d: &Decision, now: u64) -> bool {
-        let until = now.saturating_add(d.duration_ns as u64);
+        let until = now.saturating_add(d.duration_ns.max(0) as u64);
         let origin = self.origin_index(&d.origin);
         let code = origin_code(&d.origin);
         let e = self.entries.entry(d.net).or_insert(Entry {
             until: 0,
             since: now,
-            ids: Vec::new(),
+            updated: now,
             origin,
             origin_code: code,
             in_kernel: false,
         });
-        match e.ids.iter_mut().find(|(id, _)| *id == d.id) {
-            Some(slot) => slot.1 = slot.1.max(until),
-            None => e.ids.push((d.id, until)),
-        }
+        e.updated = now;
         if until > e.until {
             e.until = until;
             e.origin = origin;
@@ -529,18 +525,16 @@ impl Table {
         !e.in_kernel
     }
 
-    /// Removes one decision; `Some(removed whole)` when the network was enforced by it.
-    fn delete(&mut self, d: &Decision) -> Option<bool> {
-        let e = self.entries.get_mut(&d.net)?;
-        let pos = e.ids.iter().position(|(id, _)| *id == d.id)?;
-        e.ids.swap_remove(pos);
-        if e.ids.is_empty() {
-            self.entries.remove(&d.net);
-            return Some(true);
+    /// Lifts a network whose decisions are over; true when it was enforced.
+    fn delete(&mut self, d: &Decision, now: u64) -> bool {
+        let ended = now.saturating_sub(d.duration_ns.min(0).unsigned_abs());
+        match self.entries.get(&d.net) {
+            Some(e) if e.updated <= ended => {
+                self.entries.remove(&d.net);
+                true
+            }
+            _ => false,
         }
-        // Another decision still stands: its end applies now.
-        e.until = e.ids.iter().map(|(_, u)| *u).max().unwrap_or(e.until);
-        Some(false)
     }
 
     fn admit(
@@ -576,8 +570,8 @@ impl Table {
         let mut touched: Vec<IpNet> = Vec::new();
         let mut seen = HashSet::new();
         for d in &s.deleted {
-            if let Some(whole) = self.delete(d) {
-                applied.deleted += whole as u64;
+            if self.delete(d, now) {
+                applied.deleted += 1;
                 if seen.insert(d.net) {
                     touched.push(d.net);
                 }
@@ -612,9 +606,9 @@ impl Table {
         c
     }
 
-    /// A full resync (`startup=true`): the table becomes exactly the stream's decisions,
-    /// reconciled against what the kernel enforces (`kernel`): networks LAPI no longer has are
-    /// removed, new ones added, and an enforced end is extended, never shortened.
+    /// A full resync (`startup=true`): the table becomes exactly the stream's decisions (LAPI is
+    /// the source of truth), reconciled against what the kernel enforces (`kernel`): networks
+    /// LAPI no longer has are removed, new ones added, changed ends rewritten.
     pub fn resync(
         &mut self,
         s: &Stream,
@@ -647,13 +641,14 @@ impl Table {
         }
         for (net, e) in self.entries.iter_mut() {
             match in_kernel.get(net) {
-                Some(k) if k.until >= e.until => {
-                    e.until = k.until;
-                    e.since = k.since;
-                }
                 Some(k) => {
                     e.since = k.since;
-                    c.upserts.push((*net, e.ban()));
+                    // Durations come rounded through the wire: a second's drift is no change.
+                    if k.until.abs_diff(e.until) > NS_PER_SEC || k.level != e.origin_code {
+                        c.upserts.push((*net, e.ban()));
+                    } else {
+                        e.until = k.until;
+                    }
                 }
                 None => {
                     if let Some(o) = old.get(net) {
@@ -1202,10 +1197,15 @@ mod tests {
     fn deltas_delete_before_add_and_the_longest_decision_wins() {
         let mut t = Table::default();
         let f = Filter::default();
-        let s = Stream {
-            new: vec![dec(1, "198.18.0.1/32", 3600), dec(2, "198.18.0.1/32", 60)],
+        let one = |new: Vec<Decision>, deleted: Vec<Decision>| Stream {
+            new,
+            deleted,
             ..Stream::default()
         };
+        let s = one(
+            vec![dec(1, "198.18.0.1/32", 3600), dec(2, "198.18.0.1/32", 60)],
+            vec![],
+        );
         let (c, a) = t.apply_delta(&s, T0, &f, &mut no_own());
         assert_eq!(a.added, 1);
         assert_eq!(c.upserts.len(), 1, "one network, one kernel write");
@@ -1214,51 +1214,41 @@ mod tests {
         assert_eq!(origin_name(c.upserts[0].1.level), "cscli");
         assert_eq!(origin_name(origin_code("somebody")), "other");
         // A shorter re-import never shortens; a longer one extends.
-        let s = Stream {
-            new: vec![dec(3, "198.18.0.1/32", 10)],
-            ..Stream::default()
-        };
-        assert!(t.apply_delta(&s, T0, &f, &mut no_own()).0.is_empty());
-        let s = Stream {
-            new: vec![dec(4, "198.18.0.1/32", 7200)],
-            ..Stream::default()
-        };
-        let (c, _) = t.apply_delta(&s, T0, &f, &mut no_own());
-        assert_eq!(c.upserts[0].1.until, T0 + 7200 * S as u64);
-        // Deleting the longest decision falls back to the next one; the last one removes.
-        let s = Stream {
-            deleted: vec![dec(4, "198.18.0.1/32", -1)],
-            ..Stream::default()
-        };
-        let (c, _) = t.apply_delta(&s, T0, &f, &mut no_own());
-        assert_eq!(c.upserts[0].1.until, T0 + 3600 * S as u64);
-        // An unknown id deletes nothing (LAPI sends only the longest decision per value).
-        let s = Stream {
-            deleted: vec![dec(99, "198.18.0.1/32", -1)],
-            ..Stream::default()
-        };
-        assert!(t.apply_delta(&s, T0, &f, &mut no_own()).0.is_empty());
-        // Deleted and re-added in one answer: deletes first, so it stays enforced.
-        let s = Stream {
-            deleted: vec![
-                dec(1, "198.18.0.1/32", -1),
-                dec(2, "198.18.0.1/32", -1),
-                dec(3, "198.18.0.1/32", -1),
-            ],
-            new: vec![dec(5, "198.18.0.1/32", 30)],
-            ..Stream::default()
-        };
-        let (c, a) = t.apply_delta(&s, T0, &f, &mut no_own());
-        assert_eq!(a.deleted, 1);
-        assert!(c.removals.is_empty());
-        assert_eq!(c.upserts[0].1.until, T0 + 30 * S as u64);
-        let s = Stream {
-            deleted: vec![dec(5, "198.18.0.1/32", -1)],
-            ..Stream::default()
-        };
-        let (c, _) = t.apply_delta(&s, T0, &f, &mut no_own());
+        let s = one(vec![dec(3, "198.18.0.1/32", 10)], vec![]);
+        assert!(t.apply_delta(&s, T0 + 1, &f, &mut no_own()).0.is_empty());
+        let s = one(vec![dec(4, "198.18.0.1/32", 7200)], vec![]);
+        let (c, _) = t.apply_delta(&s, T0 + 2, &f, &mut no_own());
+        assert_eq!(c.upserts[0].1.until, T0 + 2 + 7200 * S as u64);
+        // LAPI sends `deleted` for a value once none of its decisions is left, naming any one
+        // of them: the network is lifted whatever the id.
+        let s = one(vec![], vec![dec(1, "198.18.0.1/32", -1)]);
+        let (c, a) = t.apply_delta(&s, T0 + 10 * S as u64, &f, &mut no_own());
         assert_eq!(c.removals, vec!["198.18.0.1/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(a.deleted, 1);
         assert!(t.is_empty());
+        // Deleted and re-added in one answer: deletes first, so it stays enforced.
+        let s = one(vec![dec(5, "198.18.0.2/32", 30)], vec![]);
+        t.apply_delta(&s, T0, &f, &mut no_own());
+        let s = one(
+            vec![dec(6, "198.18.0.2/32", 60)],
+            vec![dec(5, "198.18.0.2/32", -1)],
+        );
+        let (c, _) = t.apply_delta(&s, T0 + 2 * S as u64, &f, &mut no_own());
+        assert!(c.removals.is_empty());
+        assert_eq!(c.upserts[0].1.until, T0 + 62 * S as u64);
+        // A stale delete (of a decision that ended before the network was added again) is
+        // ignored; a delete of an unknown network does nothing.
+        let s = one(vec![], vec![dec(5, "198.18.0.2/32", -10)]);
+        assert!(t
+            .apply_delta(&s, T0 + 3 * S as u64, &f, &mut no_own())
+            .0
+            .is_empty());
+        let s = one(vec![], vec![dec(9, "198.18.0.9/32", -1)]);
+        assert!(t
+            .apply_delta(&s, T0 + 3 * S as u64, &f, &mut no_own())
+            .0
+            .is_empty());
+        assert_eq!(t.len(), 1);
     }
 
     #[test]
@@ -1285,7 +1275,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resync_reconciles_against_the_kernel_and_never_shortens() {
+    fn a_resync_makes_the_kernel_what_lapi_says() {
         let mut t = Table::default();
         let f = Filter::default();
         let net = |s: &str| s.parse::<IpNet>().unwrap();
@@ -1293,12 +1283,16 @@ mod tests {
             until,
             since: T0 - 5,
             reason: ban_reason::CROWDSEC,
+            level: origin_code("cscli"),
             ..Ban::default()
         };
         // The kernel holds what an earlier controller (or a LAPI since replaced) enforced.
         let kernel = vec![
             (net("198.18.0.1/32"), ban(T0 + 7200 * S as u64)),
-            (net("198.18.0.2/32"), ban(T0 + 10 * S as u64)),
+            (
+                net("198.18.0.2/32"),
+                ban(T0 + 3600 * S as u64 + 300_000_000),
+            ),
             (net("198.18.0.9/32"), ban(T0 + 10 * S as u64)),
         ];
         let s = Stream {
@@ -1312,31 +1306,35 @@ mod tests {
         };
         let (c, a) = t.resync(&s, T0, &f, &mut no_own(), &kernel);
         assert_eq!(c.removals, vec![net("198.18.0.9/32")]);
-        let mut ups: Vec<(String, u64)> = c
+        let mut ups: Vec<(String, u64, u64)> = c
             .upserts
             .iter()
-            .map(|(n, b)| (n.to_string(), b.until))
+            .map(|(n, b)| (n.to_string(), b.until, b.since))
             .collect();
         ups.sort();
         assert_eq!(
             ups,
             vec![
-                ("198.18.0.2/32".into(), T0 + 3600 * S as u64),
-                ("2001:db8::/64".into(), T0 + 3600 * S as u64)
-            ]
+                ("198.18.0.1/32".into(), T0 + 3600 * S as u64, T0 - 5),
+                ("2001:db8::/64".into(), T0 + 3600 * S as u64, T0)
+            ],
+            "a changed end is rewritten, one within a second is left alone"
         );
         assert_eq!((a.added, a.deleted), (1, 1));
-        assert_eq!(t.until(&net("198.18.0.1/32")), Some(T0 + 7200 * S as u64));
+        assert_eq!(
+            t.until(&net("198.18.0.2/32")),
+            Some(T0 + 3600 * S as u64 + 300_000_000)
+        );
         assert_eq!(t.len(), 3);
         assert_eq!(t.by_origin(), vec![("cscli".to_string(), 3)]);
         // A trie that was full: not enforced, not counted.
         t.not_stored(&[net("2001:db8::/64")]);
         assert_eq!(t.by_origin(), vec![("cscli".to_string(), 2)]);
         // Expiry forgets what is over.
-        let c = t.expire(T0 + 3600 * S as u64);
+        let c = t.expire(T0 + 3600 * S as u64 + 1);
         let mut gone: Vec<String> = c.removals.iter().map(|n| n.to_string()).collect();
         gone.sort();
-        assert_eq!(gone, ["198.18.0.2/32", "2001:db8::/64"]);
+        assert_eq!(gone, ["198.18.0.1/32", "2001:db8::/64"]);
         assert_eq!(t.len(), 1);
     }
 

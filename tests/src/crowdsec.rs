@@ -6,7 +6,7 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -205,9 +205,10 @@ impl Lapi {
         .unwrap_or_default()
     }
 
-    /// Decisions LAPI holds (`cscli decisions list -o json`), as (value, origin, scenario).
+    /// Decisions LAPI holds (`cscli decisions list -a -o json`: `-a` shows origins other than
+    /// cscli and crowdsec, smtp-xdp's among them), as (value, origin, scenario).
     pub fn decisions(&self) -> Vec<(String, String, String)> {
-        let out = self.cscli_ok(&["decisions", "list", "-o", "json", "--limit", "0"]);
+        let out = self.cscli_ok(&["decisions", "list", "-a", "-o", "json", "--limit", "0"]);
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
         let mut rows = Vec::new();
         for alert in v.as_array().into_iter().flatten() {

@@ -237,7 +237,7 @@ fn two_mx_hosts_share_one_penalty_box_through_lapi() {
     assert_eq!(ours.len(), 1, "{ours:?}");
     assert_eq!(ours[0].1, "smtp-xdp");
     assert_eq!(ours[0].2, "smtp-xdp/syn-flood");
-    let alerts = lapi.cscli_ok(&["alerts", "list", "-o", "json", "--ip", &flooder]);
+    let alerts = lapi.cscli_ok(&["alerts", "list", "-a", "-o", "json", "--ip", &flooder]);
     assert!(alerts.contains("smtp-xdp on mx1"), "{alerts}");
 
     // cscli decisions, IPv4 and IPv6, addresses and ranges (host bits set, upper case).
