@@ -62,6 +62,9 @@ pub struct StateFile {
     /// force across reloads and restarts until `set --reset`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, Override>,
+    /// Unix time BATV was first switched on (the start of its grace period); kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batv_since: Option<u64>,
 }
 
 /// One live `set` change.
@@ -174,6 +177,7 @@ impl StateFile {
             allow: names(List::Allow)?,
             deny: names(List::Deny)?,
             overrides: BTreeMap::new(),
+            batv_since: None,
         })
     }
 
@@ -314,7 +318,7 @@ impl StateFile {
 }
 
 /// Saves what the pins hold to `path`, carrying over what only the file holds (the live
-/// overrides) from the file on disk, after `edit` had its say. The caller holds the
+/// overrides, BATV's start) from the file on disk, after `edit` had its say. The caller holds the
 /// interface's write lock (`pins::lists_lock`) since its change to the pins.
 ///
 /// A file on disk that is newer than this build is never overwritten; a damaged one is.
@@ -332,6 +336,7 @@ pub fn save_from_pins(
     let mut file = StateFile::capture(maps, iface)?;
     if let Some(p) = previous {
         file.overrides = p.overrides;
+        file.batv_since = p.batv_since;
     }
     edit(&mut file);
     file.save(path)
@@ -405,6 +410,7 @@ mod tests {
             allow: vec!["192.0.2.0/24".into()],
             deny: vec!["2001:db8::/32".into()],
             overrides: BTreeMap::new(),
+            batv_since: Some(1_794_000_000),
         }
     }
 

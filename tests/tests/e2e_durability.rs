@@ -89,8 +89,12 @@ fn a_ban_survives_kill_9_an_adoption_stopped_at_once_detach_and_a_reboot() {
         let b = spawn_run(&mut lab, &[]);
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(b, libc::SIGTERM);
-        let code = lab.wait_exit(b, Duration::from_secs(10));
-        assert!(code.is_some(), "B ended after SIGTERM at {delay_ms} ms");
+        let code = lab.wait_exit(b, Duration::from_secs(30));
+        assert!(
+            code.is_some(),
+            "B ended after SIGTERM at {delay_ms} ms:\n{}",
+            lab.log("killed.log")
+        );
         if !pins::dir(&lab.server_if).exists() {
             // A clean stop detached; the next round starts from the state file.
             let pid = lab.start_controller(&[]);

@@ -56,6 +56,9 @@ usage: cargo xtask <command>
   test              everything CI runs: fmt, clippy, unit, kernel and end-to-end tests,
                     and a quick benchmark pass
   bench [--quick]   benchmarks; writes docs/benchmarks.md, .json and the plots
+  soak [--minutes N]
+                    the controller under a varying flood and churn for N minutes (default
+                    30); fails on unbounded growth or a lost change; writes docs/soak.*
   setup             only install what the other commands need
 
 Needs root (it loads BPF programs and creates network namespaces):
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("setup") => setup(true).map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -475,6 +479,25 @@ fn test() -> Result<()> {
     bench(&["--quick".to_string()])?;
     step("all tests passed");
     Ok(())
+}
+
+fn soak(args: &[String]) -> Result<()> {
+    require_root("soak")?;
+    setup(true)?;
+    say("building the soak runner (release)...");
+    status(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "smtp-xdp-tests",
+        "--bin",
+        "smtp-xdp-soak",
+        "-p",
+        "smtp-xdp",
+    ]))?;
+    let mut c = Command::new(root().join("target/release/smtp-xdp-soak"));
+    c.args(args).current_dir(root());
+    status(&mut c)
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -103,7 +103,6 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
     let mode = Attached::from_code(meta.xdp_mode).map_or("unknown", |m| m.name());
     let attached = inst.dir.join(pins::LINK).exists() && host::ifindex(iface) == Some(meta.ifindex);
     let daemon = inst.daemon_pid();
-    let (tracked, counted_by) = tracked_sources(&inst, now);
     let capacity = {
         use aya::maps::IterableMap as _;
         inst.maps
@@ -113,6 +112,9 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
             .map(|i| i.max_entries())
             .unwrap_or(0)
     };
+    // A walk of a changing table can meet an entry twice; it never holds more than this.
+    let (tracked, counted_by) = tracked_sources(&inst, now);
+    let tracked = tracked.min(capacity as u64);
     let state_path = inst.state_path();
     let overrides = state::overrides(&state_path).unwrap_or_default();
     let orphans = orphaned_state_files(&inst);

@@ -30,17 +30,20 @@ fn count_once(s: &Shared) -> Option<()> {
     let k = s.settings.read().ok()?.top_offenders;
     let now = clock::boot_ns();
     let census = stats::census(&sources, now, k, stats::Rank::Drops, 600 * 1_000_000_000);
+    // A walk of a table that changes under it (a flood inserting and evicting) can meet an
+    // entry twice; the table never holds more than its capacity.
+    let tracked = census.tracked.min(s.sources_capacity);
     let policy = {
         let mut maps = s.maps.lock().ok()?;
-        let _ = maps.set_user_counter(UserCounter::CensusTracked, census.tracked);
+        let _ = maps.set_user_counter(UserCounter::CensusTracked, tracked);
         let _ = maps.set_user_counter(UserCounter::CensusAt, clock::boot_ns());
         maps.policy().ok().flatten()
     };
     let rows = stats::rows(&census, policy.as_ref(), now);
     let mut c = s.cache.lock().ok()?;
-    c.tracked = census.tracked;
+    c.tracked = tracked;
     c.created_at_census = created;
-    c.evicted = c.evicted.max(created.saturating_sub(census.tracked));
+    c.evicted = c.evicted.max(created.saturating_sub(tracked));
     c.top = rows;
     Some(())
 }

@@ -1,9 +1,11 @@
 //! The daemon behind `smtp-xdp run`: a set of services with one job each (policy service,
-//! metrics, kernel events, ban sweeps, census, storm watch, state persistence, CrowdSec), wired together
+//! socketmap service, metrics, kernel events, ban sweeps, census, storm watch, state persistence,
+//! CrowdSec), wired together
 //! by [`run`], which owns start-up and shutdown. Services share [`shared::Shared`] and never
 //! call each other.
 
 mod audit;
+mod batv;
 mod census;
 mod crowdsec;
 mod exporter;
@@ -14,6 +16,7 @@ mod policy;
 mod reload;
 mod run;
 mod shared;
+mod socketmap;
 mod startup;
 mod storm;
 mod sweep;

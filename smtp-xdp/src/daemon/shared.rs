@@ -4,7 +4,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -12,6 +12,7 @@ use smtp_xdp_common::{event_kind, Event};
 use tokio::sync::broadcast;
 
 use crate::{
+    batv::Batv,
     clock,
     config::Settings,
     crowdsec::LocalBan,
@@ -38,6 +39,13 @@ pub struct Shared {
     pub started_unix: u64,
     pub sources_capacity: u64,
     pub bans_capacity: u64,
+    /// BATV as configured (keys loaded); `None` while it is off.
+    pub batv: RwLock<Option<Arc<Batv>>>,
+    /// Unix time BATV was first switched on (kept in the state file).
+    pub batv_since: Mutex<Option<u64>>,
+    /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
+    /// it within about a second rather than at the next `save-interval`.
+    pub save_soon: tokio::sync::Notify,
     /// Every ban the kernel or the policy service issued (not would-bans), for services that
     /// report them (CrowdSec). Bounded: a subscriber that falls behind learns how many it
     /// missed.
@@ -51,6 +59,15 @@ impl Shared {
     /// A copy of the settings in force.
     pub fn settings(&self) -> Settings {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// BATV in force, if on.
+    pub fn batv(&self) -> Option<Arc<Batv>> {
+        self.batv.read().ok().and_then(|b| b.clone())
+    }
+
+    pub fn batv_since(&self) -> Option<u64> {
+        self.batv_since.lock().ok().and_then(|s| *s)
     }
 
     /// Everything a scrape shows.
@@ -71,10 +88,17 @@ impl Shared {
         })
     }
 
-    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy".
+    /// Logs events with the event log's rate limits. `origin` is "kernel" or "policy". A ban
+    /// among them asks for a save soon.
     pub fn log_events(&self, evs: &[Event], origin: &str) {
         if evs.is_empty() {
             return;
+        }
+        if evs
+            .iter()
+            .any(|e| e.kind == smtp_xdp_common::event_kind::BAN)
+        {
+            self.save_soon.notify_one();
         }
         let policy = self
             .maps
