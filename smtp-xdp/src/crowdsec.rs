@@ -673,6 +673,11 @@ impl Table {
         }
     }
 
+    /// Whether some decision is over (and its entry due for removal).
+    pub fn any_expired(&self, now: u64) -> bool {
+        self.entries.values().any(|e| e.until <= now)
+    }
+
     /// Forgets decisions that are over (the kernel stopped enforcing them at their end already)
     /// and returns their removal from the tries.
     pub fn expire(&mut self, now: u64) -> Changes {

@@ -266,6 +266,15 @@ fn two_mx_hosts_share_one_penalty_box_through_lapi() {
     assert_eq!(ours[0].2, "smtp-xdp/syn-flood");
     let alerts = lapi.cscli_ok(&["alerts", "list", "-a", "-o", "json", "--ip", &flooder]);
     assert!(alerts.contains("smtp-xdp on mx1"), "{alerts}");
+    // A CrowdSec delete lifts only CrowdSec entries: MX1's own ban stays.
+    lapi.cscli_ok(&["decisions", "delete", "--ip", &flooder]);
+    wait_for(Duration::from_secs(10), "the delete reaching MX2", || {
+        !targets(&mx2, "crowdsec").contains(&fnet)
+    });
+    assert!(
+        targets(&mx1, "local").contains(&fnet),
+        "the local ban stays"
+    );
 
     // cscli decisions, IPv4 and IPv6, addresses and ranges (host bits set, upper case).
     let v4 = mx2.client_addr(10);
@@ -300,6 +309,14 @@ fn two_mx_hosts_share_one_penalty_box_through_lapi() {
             want.iter().all(|w| t.contains(w))
         },
     );
+    // A local unban never touches a CrowdSec decision, and says which one refuses the address.
+    let o = mx2.cli(&["unban", &v4, "--iface", &mx2.server_if]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("CrowdSec decision (cscli)"),
+        "{err}"
+    );
+    assert!(targets(&mx2, "crowdsec").contains(&want[0]));
     for mx in [&mx1, &mx2] {
         assert_eq!(crowdsec_drops(mx, &v4, 10), 10);
         assert_eq!(crowdsec_drops(mx, &format!("198.18.{n1}.200"), 10), 10);

@@ -325,6 +325,13 @@ fn apply(
     filter: &Filter,
     reported: &Reported,
 ) -> anyhow::Result<Applied> {
+    let quiet = stream.as_ref().is_none_or(|s| {
+        !startup && s.new.is_empty() && s.deleted.is_empty() && s.skipped.total() == 0
+    });
+    if quiet && !st.table.any_expired(clock::boot_ns()) {
+        // Nothing to write: no lock, no map handles.
+        return Ok(Applied::default());
+    }
     let _lists = pins::lists_lock(&shared.iface)?;
     let mut maps = Maps::open(&shared.dir)?;
     let now = clock::boot_ns();
@@ -332,7 +339,9 @@ fn apply(
     let mut changes = match &stream {
         None => Default::default(),
         Some(s) => {
-            let reported = reported.lock().map(|r| r.clone()).unwrap_or_default();
+            let reported = reported
+                .lock()
+                .map_err(|_| anyhow::anyhow!("reported networks: poisoned lock"))?;
             let mut local: Option<HashSet<IpNet>> = None;
             let maps_ref = &maps;
             // Our own reports coming back, and what the local penalty box enforces already
