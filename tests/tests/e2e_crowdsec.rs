@@ -190,7 +190,9 @@ fn two_mx_hosts_share_one_penalty_box_through_lapi() {
     ]);
 
     // LAPI is down at start: both start anyway, say so, and enforce what they know.
-    let pid1 = mx1.start_controller(&strs(&run_args(&url1, &k1, Some(&m1))));
+    let mut args1 = run_args(&url1, &k1, Some(&m1));
+    args1.extend(["--crowdsec-report".into(), "rate,bounces,manual".into()]);
+    let pid1 = mx1.start_controller(&strs(&args1));
     let pid2 = mx2.start_controller(&strs(&run_args(&url2, &k2, Some(&m2))));
     wait_for(Duration::from_secs(10), "the LAPI-down warning", || {
         mx1.controller_log().contains("Local API is unreachable")
