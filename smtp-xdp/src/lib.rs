@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod crowdsec;
 pub mod daemon;
+pub mod dnsbl;
 pub mod events;
 pub mod host;
 pub mod listener;

@@ -290,6 +290,10 @@ impl Lab {
             "--state-dir",
             state.to_str().unwrap(),
         ]);
+        let no_config = self.no_config();
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
+        }
         if !args.contains(&"--metrics-listen") {
             all.extend(["--metrics-listen", "off"]);
         }
@@ -309,6 +313,16 @@ impl Lab {
             }
         }
         panic!("controller did not attach in 20s:\n{}", self.log(&log));
+    }
+
+    /// An empty config file of the lab's: controllers the tests start never read the machine's
+    /// own /etc/smtp-xdp/smtp-xdp.toml (a package test may install one at any time).
+    pub fn no_config(&self) -> String {
+        let p = self.dir.join("empty.toml");
+        if !p.exists() {
+            std::fs::write(&p, "# settings come from the test's flags\n").expect("empty config");
+        }
+        p.display().to_string()
     }
 
     /// Stops a controller with SIGTERM and requires a clean exit (code 0).
@@ -342,6 +356,10 @@ impl Lab {
             "--metrics-listen",
             "off",
         ]);
+        let no_config = self.no_config();
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
+        }
         all.extend_from_slice(args);
         let out = Self::in_net(&self.server_ns, &all)
             .output()

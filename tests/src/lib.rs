@@ -206,3 +206,4 @@ pub fn stat(iface: &str, name: &str) -> u64 {
 
 pub mod gen;
 pub mod model;
+pub mod nsd;

@@ -32,6 +32,7 @@ fn deny_count(lab: &Lab) -> usize {
 fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
     let bin = smtp_xdp_bin();
     let state = lab.path("state");
+    let no_config = lab.no_config();
     let mut args = vec![
         bin.to_str().unwrap(),
         "run",
@@ -41,6 +42,8 @@ fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
         "off",
         "--state-dir",
         state.to_str().unwrap(),
+        "--config",
+        &no_config,
     ];
     args.extend_from_slice(extra);
     let cmd = Lab::in_net(&lab.server_ns, &args);
@@ -200,8 +203,10 @@ fn a_state_save_killed_half_way_never_corrupts_the_file() {
     let mut lab = Lab::new();
     let iface = lab.server_if.clone();
     let pid = lab.start_controller(&["--save-interval", "1s"]);
-    // Enough state that a save takes a while: 20,000 bans and a 100,000-entry list.
+    // Enough state that a save takes a while: 20,000 bans and a 100,000-entry list, written
+    // under the write lock every writer holds (so the controller's saves see all or nothing).
     {
+        let _lock = pins::lists_lock(&iface).unwrap();
         let mut maps = Maps::open(&pins::dir(&iface)).unwrap();
         let now = clock::boot_ns();
         for i in 0..20_000u32 {

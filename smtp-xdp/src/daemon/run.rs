@@ -15,9 +15,9 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, batv, census, crowdsec, exporter, kernel_events, mode, persist, policy, reload,
+    audit, batv, census, crowdsec, dnsbl, exporter, kernel_events, mode, persist, policy, reload,
     resolve_settings,
-    shared::Shared,
+    shared::{Shared, Suspects},
     socketmap,
     startup::{self, Started},
     storm, sweep, RunOptions,
@@ -133,6 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
     let crowdsec = crowdsec::prepare(&settings)?;
+    let dnsbl_client = dnsbl::prepare(&settings)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
         persist::read(&state_path)?
@@ -182,6 +183,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let ring = RingBuf::try_from(events_map).context("events ring buffer")?;
 
     let now = clock::boot_ns();
+    let (suspects, suspects_rx) = Suspects::new(dnsbl::QUEUE);
     let shared = Arc::new(Shared {
         iface: iface.clone(),
         dir: dir.clone(),
@@ -202,6 +204,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         batv_since: Mutex::new(batv.since),
         save_soon: tokio::sync::Notify::new(),
         local_bans: tokio::sync::broadcast::channel(super::shared::LOCAL_BANS_BACKLOG).0,
+        suspects,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -216,6 +219,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(sweep::run(shared.clone()));
     tasks.spawn(storm::run(shared.clone()));
     tasks.spawn(persist::run(shared.clone()));
+    tasks.spawn(dnsbl::run(shared.clone(), suspects_rx, dnsbl_client));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));
     }
