@@ -25,6 +25,8 @@ pub enum DropReason {
     Rate,
     /// The port is over its global (all sources) rate.
     Global,
+    /// A CrowdSec Local API decision bans the source (or a network containing it).
+    Crowdsec,
 }
 
 /// The decision on one SYN.
@@ -56,6 +58,7 @@ impl SynVerdict {
                     DropReason::Ban => (Counter::DropBan, Counter::WouldDropBan),
                     DropReason::Rate => (Counter::DropRate, Counter::WouldDropRate),
                     DropReason::Global => (Counter::DropGlobal, Counter::WouldDropGlobal),
+                    DropReason::Crowdsec => (Counter::DropCrowdsec, Counter::WouldDropCrowdsec),
                 };
                 if dry_run {
                     (would, XDP_PASS)
@@ -99,6 +102,8 @@ pub trait SynEnv: BanEnv {
     fn denylisted(&mut self) -> bool;
     /// A manual ban on a network containing the source is active.
     fn net_banned(&mut self, now: u64) -> bool;
+    /// A CrowdSec decision on the source or a network containing it is active.
+    fn crowdsec_banned(&mut self, now: u64) -> bool;
     /// Counts a SYN dropped for a ban in the source's statistics, if the source is tracked.
     fn note_banned_syn(&mut self, now: u64);
     /// Charges the SYN to the source's bucket (creating state on first sight) at the limit
@@ -112,7 +117,9 @@ pub trait SynEnv: BanEnv {
 }
 
 /// Decides one SYN to a protected port. The ban check comes before the rate check, allow before
-/// everything, deny before bans; the global guard only sees SYNs every per-source check admitted.
+/// everything, deny before bans, manual bans before CrowdSec's (they are the operator's own
+/// word), CrowdSec's before the source's own ban; the global guard only sees SYNs every
+/// per-source check admitted.
 #[inline(always)]
 pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdict {
     if env.allowlisted() {
@@ -123,6 +130,9 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
     }
     if env.net_banned(now) {
         return SynVerdict::Dropped(DropReason::Ban);
+    }
+    if env.crowdsec_banned(now) {
+        return SynVerdict::Dropped(DropReason::Crowdsec);
     }
     if let Some(ban) = env.ban_entry() {
         if bans::in_force(&ban, now, policy.dry_run()) {
@@ -314,6 +324,7 @@ mod tests {
         allow: bool,
         deny: bool,
         net_ban: Option<u64>,
+        crowdsec: Option<u64>,
         ban: Option<Ban>,
         state: Option<SourceState>,
         global_tat: u64,
@@ -356,6 +367,9 @@ mod tests {
         }
         fn net_banned(&mut self, now: u64) -> bool {
             self.net_ban.is_some_and(|until| now < until)
+        }
+        fn crowdsec_banned(&mut self, now: u64) -> bool {
+            self.crowdsec.is_some_and(|until| now < until)
         }
         fn note_banned_syn(&mut self, _now: u64) {}
         fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
@@ -411,6 +425,7 @@ mod tests {
             allow: true,
             deny: true,
             net_ban: Some(u64::MAX),
+            crowdsec: Some(u64::MAX),
             ..Default::default()
         };
         assert_eq!(decide_syn(&mut env, &policy(), S), SynVerdict::Allowlisted);
@@ -423,6 +438,31 @@ mod tests {
         assert_eq!(
             decide_syn(&mut env, &policy(), S),
             SynVerdict::Dropped(DropReason::Ban)
+        );
+        env.net_ban = None;
+        assert_eq!(
+            decide_syn(&mut env, &policy(), S),
+            SynVerdict::Dropped(DropReason::Crowdsec)
+        );
+        assert!(
+            env.state.is_none(),
+            "a CrowdSec-banned source is not tracked"
+        );
+    }
+
+    #[test]
+    fn crowdsec_decisions_expire_and_count_apart() {
+        let mut env = OneSource {
+            crowdsec: Some(10 * S),
+            ..Default::default()
+        };
+        let v = decide_syn(&mut env, &policy(), 9 * S);
+        assert_eq!(v, SynVerdict::Dropped(DropReason::Crowdsec));
+        assert_eq!(v.outcome(false), (Counter::DropCrowdsec, XDP_DROP));
+        assert_eq!(v.outcome(true), (Counter::WouldDropCrowdsec, XDP_PASS));
+        assert_eq!(
+            decide_syn(&mut env, &policy(), 10 * S),
+            SynVerdict::Admitted
         );
     }
 

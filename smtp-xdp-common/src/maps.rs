@@ -27,9 +27,11 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const META: &str = "META";
     pub const TRUSTED: &str = "TRUSTED";
+    pub const CROWDSEC_V4: &str = "CROWDSEC_V4";
+    pub const CROWDSEC_V6: &str = "CROWDSEC_V6";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 23] = [
+    pub const PINNED: [&str; 25] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
@@ -53,6 +55,8 @@ pub mod names {
         EVENTS,
         META,
         TRUSTED,
+        CROWDSEC_V4,
+        CROWDSEC_V6,
     ];
 }
 
@@ -78,6 +82,8 @@ pub mod present {
     pub const BANNED_NETS: u32 = 4;
     /// `TRUSTED` holds entries (set by the DNSBL service before its first insert).
     pub const TRUSTED: u32 = 8;
+    /// `CROWDSEC_V4` / `CROWDSEC_V6`: decisions of a CrowdSec Local API.
+    pub const CROWDSEC: u32 = 16;
 }
 
 /// Default sizes of the maps the controller can resize.
@@ -87,6 +93,9 @@ pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;
 /// Trusted relays (DNS allowlist answers) held at once.
 pub const MAX_TRUSTED: u32 = 1 << 14;
+/// Default capacity of each CrowdSec decision trie (IPv4 and IPv6): room for big blocklists.
+/// Entries are allocated on demand (`BPF_F_NO_PREALLOC`), so an empty trie costs nothing.
+pub const DEFAULT_MAX_DECISIONS: u32 = 1 << 18;
 pub const EVENTS_BYTES: u32 = 1 << 18;
 /// Slots of `COUNTERS` and `USER_COUNTERS`: room to add counters without a new map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -175,6 +184,9 @@ pub mod ban_reason {
     pub const MANUAL: u32 = 3;
     /// Listed on DNS blocklists (score at or above `dnsbl-threshold`); issued by the controller.
     pub const DNSBL: u32 = 4;
+    /// A decision of a CrowdSec Local API (kept in the `CROWDSEC_*` tries, apart from the
+    /// local penalty box).
+    pub const CROWDSEC: u32 = 5;
 }
 
 /// Bits of [`Ban::flags`].
@@ -185,7 +197,8 @@ pub mod ban_flags {
     pub const WOULD: u32 = 1;
 }
 
-/// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` keyed by prefix).
+/// A penalty-box entry (`BANS` keyed by [`SourceKey`], `BANNED_NETS_*` and `CROWDSEC_*` keyed by
+/// prefix).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ban {
@@ -319,7 +332,8 @@ pub struct PortStats {
 }
 
 /// Indices of the per-CPU `COUNTERS` array. One packet increments exactly one of the packet
-/// counters (`PassNotSmtp` ..= `WouldDropGlobal`); the rest count events.
+/// counters (those [`Counter::is_verdict`] names); the rest count events. New counters go at the
+/// end: the indices are the pinned layout.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Counter {
@@ -362,10 +376,13 @@ pub enum Counter {
     /// to user counters, and the kernel's slots stay 0.
     BansDnsbl,
     WouldBansDnsbl,
+    /// SYNs dropped (or would-drop) for a CrowdSec decision.
+    DropCrowdsec,
+    WouldDropCrowdsec,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::WouldBansDnsbl as u32 + 1;
+    pub const COUNT: u32 = Counter::WouldDropCrowdsec as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotSmtp,
@@ -396,11 +413,32 @@ impl Counter {
         Counter::TrustedBounces,
         Counter::BansDnsbl,
         Counter::WouldBansDnsbl,
+        Counter::DropCrowdsec,
+        Counter::WouldDropCrowdsec,
     ];
 
     /// True for the counters that count packets by verdict (exactly one per packet).
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Counter::WouldDropGlobal as u32 || matches!(self, Counter::SynTrusted)
+        matches!(
+            self,
+            Counter::PassNotSmtp
+                | Counter::PassUnparsed
+                | Counter::PassSmtpOther
+                | Counter::SynAdmitted
+                | Counter::SynAllowlisted
+                | Counter::DropDeny
+                | Counter::DropBan
+                | Counter::DropRate
+                | Counter::DropGlobal
+                | Counter::WouldDropDeny
+                | Counter::WouldDropBan
+                | Counter::WouldDropRate
+                | Counter::WouldDropGlobal
+                | Counter::NoPolicy
+                | Counter::SynTrusted
+                | Counter::DropCrowdsec
+                | Counter::WouldDropCrowdsec
+        )
     }
 
     /// Stable snake_case name, used in `stats --json` and as metric label values.
@@ -434,6 +472,8 @@ impl Counter {
             Counter::TrustedBounces => "trusted_bounces",
             Counter::BansDnsbl => "bans_dnsbl_kernel",
             Counter::WouldBansDnsbl => "would_bans_dnsbl_kernel",
+            Counter::DropCrowdsec => "drop_crowdsec",
+            Counter::WouldDropCrowdsec => "would_drop_crowdsec",
         }
     }
 }
@@ -501,10 +541,27 @@ pub enum UserCounter {
     /// Automatic bans lifted because their source turned out to be a trusted relay (its first
     /// crossing happened before the answer came).
     TrustedBansLifted,
+    /// CrowdSec: local bans reported to the Local API as alerts, and those dropped (queue full).
+    CrowdsecAlertsSent,
+    CrowdsecAlertsDropped,
+    /// CrowdSec: decision stream pulls that failed (LAPI down, refused, malformed answer).
+    CrowdsecPollErrors,
+    /// CrowdSec: networks newly enforced, and removed (deleted or gone at a resync).
+    CrowdsecDecisionsAdded,
+    CrowdsecDecisionsDeleted,
+    /// CrowdSec: decisions not enforced, by reason (`crowdsec::Skipped` order).
+    CrowdsecSkippedNotBan,
+    CrowdsecSkippedScope,
+    CrowdsecSkippedSimulated,
+    CrowdsecSkippedInvalid,
+    CrowdsecSkippedExpired,
+    CrowdsecSkippedFiltered,
+    CrowdsecSkippedOwn,
+    CrowdsecSkippedCapacity,
 }
 
 impl UserCounter {
-    pub const COUNT: u32 = UserCounter::TrustedBansLifted as u32 + 1;
+    pub const COUNT: u32 = UserCounter::CrowdsecSkippedCapacity as u32 + 1;
 }
 
 /// Event kinds on the `EVENTS` ring buffer.

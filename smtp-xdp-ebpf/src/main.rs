@@ -30,8 +30,9 @@ use smtp_xdp_common::{
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
     port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
-    SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES,
-    FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS, MAX_TRUSTED, SCAN_WINDOW,
+    SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_DECISIONS,
+    DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS,
+    MAX_TRUSTED, SCAN_WINDOW,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -75,6 +76,14 @@ static BANNED_NETS_V4: LpmTrie<[u8; 4], Ban> =
 #[map]
 static BANNED_NETS_V6: LpmTrie<[u8; 16], Ban> =
     LpmTrie::with_max_entries(MAX_BANNED_NETS, BPF_F_NO_PREALLOC);
+/// Decisions of a CrowdSec Local API (with expiry), apart from the local penalty box; sized by
+/// the controller (`--crowdsec-max-decisions`).
+#[map]
+static CROWDSEC_V4: LpmTrie<[u8; 4], Ban> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_DECISIONS, BPF_F_NO_PREALLOC);
+#[map]
+static CROWDSEC_V6: LpmTrie<[u8; 16], Ban> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_DECISIONS, BPF_F_NO_PREALLOC);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 /// Written by the controller only; declared here so it is created and pinned with the rest.
@@ -396,6 +405,19 @@ impl SynEnv for KernelEnv<'_> {
             BANNED_NETS_V4.get(self.v4())
         } else {
             BANNED_NETS_V6.get(self.v6())
+        };
+        ban.is_some_and(|b| bans::is_active(b, now))
+    }
+
+    #[inline(always)]
+    fn crowdsec_banned(&mut self, now: u64) -> bool {
+        if self.present & present::CROWDSEC == 0 {
+            return false;
+        }
+        let ban = if self.is_v4() {
+            CROWDSEC_V4.get(self.v4())
+        } else {
+            CROWDSEC_V6.get(self.v6())
         };
         ban.is_some_and(|b| bans::is_active(b, now))
     }

@@ -439,6 +439,36 @@ pub struct RunArgs {
     /// [default: 1h].
     #[arg(long, value_name = "DURATION")]
     pub dnsbl_ttl: Option<String>,
+    /// CrowdSec Local API, e.g. http://127.0.0.1:8080, or "off" [default: the machine
+    /// credentials file's, else off].
+    #[arg(long, value_name = "URL")]
+    pub crowdsec_url: Option<String>,
+    /// File holding this host's CrowdSec bouncer API key (root's alone): enforce the Local
+    /// API's ban decisions [default: off].
+    #[arg(long, value_name = "FILE")]
+    pub crowdsec_bouncer_key_file: Option<String>,
+    /// How often CrowdSec decisions are pulled [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub crowdsec_poll: Option<String>,
+    /// Credentials file of `cscli machines add NAME --password P -f FILE` (root's alone):
+    /// report local bans to the Local API [default: off].
+    #[arg(long, value_name = "FILE")]
+    pub crowdsec_machine_credentials: Option<String>,
+    /// Enforce only decisions of these origins, comma-separated, e.g. cscli,crowdsec,smtp-xdp
+    /// [default: every origin].
+    #[arg(long, value_name = "ORIGINS")]
+    pub crowdsec_origins: Option<String>,
+    /// Enforce only decisions whose scenario contains one of these, comma-separated; !TEXT
+    /// excludes [default: every scenario].
+    #[arg(long, value_name = "SCENARIOS")]
+    pub crowdsec_scenarios: Option<String>,
+    /// Local ban reasons reported to the Local API: some of rate, bounces, manual, or "off"
+    /// [default: rate,bounces].
+    #[arg(long, value_name = "REASONS")]
+    pub crowdsec_report: Option<String>,
+    /// Capacity of the CrowdSec decision tables, each family [default: 262144].
+    #[arg(long, value_name = "N")]
+    pub crowdsec_max_decisions: Option<String>,
     /// On SIGTERM/SIGINT leave the program attached and the state pinned (for upgrades and
     /// restarts without a gap).
     #[arg(long)]
@@ -491,6 +521,17 @@ impl RunArgs {
             ("dnsbl-allow-threshold", &self.dnsbl_allow_threshold),
             ("dnsbl-resolver", &self.dnsbl_resolver),
             ("dnsbl-ttl", &self.dnsbl_ttl),
+            ("crowdsec-url", &self.crowdsec_url),
+            ("crowdsec-bouncer-key-file", &self.crowdsec_bouncer_key_file),
+            ("crowdsec-poll", &self.crowdsec_poll),
+            (
+                "crowdsec-machine-credentials",
+                &self.crowdsec_machine_credentials,
+            ),
+            ("crowdsec-origins", &self.crowdsec_origins),
+            ("crowdsec-scenarios", &self.crowdsec_scenarios),
+            ("crowdsec-report", &self.crowdsec_report),
+            ("crowdsec-max-decisions", &self.crowdsec_max_decisions),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))

@@ -225,6 +225,81 @@ pub struct Settings {
     pub dnsbl_resolver: ResolverSetting,
     /// The longest time an answer is used (postscreen's `postscreen_dnsbl_ttl`).
     pub dnsbl_ttl: Duration,
+    pub crowdsec: CrowdsecSettings,
+}
+
+/// Joining a CrowdSec Local API: as a bouncer (its ban decisions enforced in XDP) and as a
+/// machine (local bans reported to it as alerts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrowdsecSettings {
+    /// The Local API, e.g. `http://127.0.0.1:8080`; without it the machine credentials file's.
+    pub url: Option<String>,
+    /// File holding this host's bouncer API key (`cscli bouncers add NAME`): root's alone.
+    pub bouncer_key_file: Option<PathBuf>,
+    /// How often the decision stream is pulled.
+    pub poll: Duration,
+    /// The file `cscli machines add NAME --password P -f FILE` wrote: root's alone.
+    pub machine_credentials: Option<PathBuf>,
+    /// Decisions enforced only from these origins (empty: every origin).
+    pub origins: Vec<String>,
+    /// Decisions enforced only when their scenario contains one of these (empty: every
+    /// scenario); `!TEXT` excludes scenarios containing TEXT.
+    pub scenarios: Vec<String>,
+    /// Reasons of local bans reported to the Local API as alerts.
+    pub report: Vec<String>,
+    /// Capacity of each decision trie (IPv4 and IPv6).
+    pub max_decisions: u32,
+}
+
+impl Default for CrowdsecSettings {
+    fn default() -> Self {
+        CrowdsecSettings {
+            url: None,
+            bouncer_key_file: None,
+            poll: Duration::secs(10),
+            machine_credentials: None,
+            origins: Vec::new(),
+            scenarios: Vec::new(),
+            report: vec!["rate".into(), "bounces".into()],
+            max_decisions: smtp_xdp_common::DEFAULT_MAX_DECISIONS,
+        }
+    }
+}
+
+/// Ban reasons `crowdsec-report` accepts.
+pub const REPORTABLE: &[&str] = &["rate", "bounces", "manual"];
+
+fn parse_optional_path(s: &str) -> Option<PathBuf> {
+    (!is_off(s)).then(|| PathBuf::from(s.trim()))
+}
+
+/// A comma-separated list of words (empty: none).
+fn parse_words(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_url(s: &str) -> Result<Option<String>, ValueError> {
+    if is_off(s) {
+        return Ok(None);
+    }
+    let t = s.trim().trim_end_matches('/');
+    let rest = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(Some(t.to_string()))
+        }
+        _ => Err(ValueError::Other {
+            what: "Local API URL",
+            value: s.into(),
+            hint: "use http://HOST:PORT or https://HOST:PORT, e.g. http://127.0.0.1:8080",
+        }),
+    }
 }
 
 impl Default for Settings {
@@ -270,6 +345,7 @@ impl Default for Settings {
             dnsbl_allow_threshold: -1,
             dnsbl_resolver: ResolverSetting::System,
             dnsbl_ttl: Duration::secs(3600),
+            crowdsec: CrowdsecSettings::default(),
         }
     }
 }
@@ -535,6 +611,27 @@ impl Settings {
             }
         }
         units::check_ports(&self.ports).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let cs = &self.crowdsec;
+        if cs.poll.0 < NS_PER_SEC {
+            return bad("crowdsec-poll must be at least 1s".into());
+        }
+        if cs.max_decisions < 16 {
+            return bad("crowdsec-max-decisions is too small: use at least 16".into());
+        }
+        if cs.bouncer_key_file.is_some() && cs.url.is_none() {
+            return bad(
+                "crowdsec-bouncer-key-file needs crowdsec-url (the Local API to pull decisions from)"
+                    .into(),
+            );
+        }
+        if cs.url.is_some() && cs.bouncer_key_file.is_none() && cs.machine_credentials.is_none() {
+            return bad("crowdsec-url is set, but neither crowdsec-bouncer-key-file (to enforce its decisions) nor crowdsec-machine-credentials (to report bans to it)".into());
+        }
+        if let Some(r) = cs.report.iter().find(|r| !REPORTABLE.contains(&r.as_str())) {
+            return bad(format!(
+                "crowdsec-report: unknown ban reason {r:?}: use some of rate, bounces, manual (or off)"
+            ));
+        }
         if self.batv_on() {
             if self.policy_listen.is_none() {
                 return bad("batv-domains needs policy-listen: with BATV on, the policy service judges bounces by their tag and the kernel only counts them".into());
@@ -708,6 +805,27 @@ impl Settings {
             }
             "dnsbl-resolver" => self.dnsbl_resolver = value.parse()?,
             "dnsbl-ttl" => self.dnsbl_ttl = value.parse()?,
+            "crowdsec-url" => self.crowdsec.url = parse_url(value)?,
+            "crowdsec-bouncer-key-file" => {
+                self.crowdsec.bouncer_key_file = parse_optional_path(value)
+            }
+            "crowdsec-poll" => self.crowdsec.poll = value.parse()?,
+            "crowdsec-machine-credentials" => {
+                self.crowdsec.machine_credentials = parse_optional_path(value)
+            }
+            "crowdsec-origins" => self.crowdsec.origins = parse_words(value),
+            "crowdsec-scenarios" => self.crowdsec.scenarios = parse_words(value),
+            "crowdsec-report" => {
+                self.crowdsec.report = if is_off(value) {
+                    Vec::new()
+                } else {
+                    parse_words(value)
+                }
+            }
+            "crowdsec-max-decisions" => {
+                self.crowdsec.max_decisions =
+                    parse_count("crowdsec-max-decisions", value)?.min(u32::MAX as u64) as u32
+            }
             "rate" => self.rate = value.parse()?,
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
@@ -782,6 +900,7 @@ impl Settings {
         let int = |n: u64| i64::try_from(n).map_or_else(|_| V::String(n.to_string()), V::Integer);
         let opt_rate = |r: &Option<Rate>| s(r.map_or("off".into(), |r| r.to_string()));
         let opt_listen = |l: &Option<Listen>| s(l.as_ref().map_or("off".into(), |l| l.to_string()));
+        let words = |w: &[String]| V::Array(w.iter().cloned().map(V::String).collect());
         Some(match key {
             "iface" => match &self.iface {
                 Some(i) => s(i.clone()),
@@ -849,6 +968,24 @@ impl Settings {
             "dnsbl-allow-threshold" => V::Integer(self.dnsbl_allow_threshold as i64),
             "dnsbl-resolver" => s(self.dnsbl_resolver.to_string()),
             "dnsbl-ttl" => s(self.dnsbl_ttl.to_string()),
+            "crowdsec-url" => s(self.crowdsec.url.clone()?),
+            "crowdsec-bouncer-key-file" => s(self
+                .crowdsec
+                .bouncer_key_file
+                .as_ref()?
+                .display()
+                .to_string()),
+            "crowdsec-poll" => s(self.crowdsec.poll.to_string()),
+            "crowdsec-machine-credentials" => s(self
+                .crowdsec
+                .machine_credentials
+                .as_ref()?
+                .display()
+                .to_string()),
+            "crowdsec-origins" => words(&self.crowdsec.origins),
+            "crowdsec-scenarios" => words(&self.crowdsec.scenarios),
+            "crowdsec-report" => words(&self.crowdsec.report),
+            "crowdsec-max-decisions" => V::Integer(self.crowdsec.max_decisions as i64),
             _ => return None,
         })
     }
@@ -898,6 +1035,10 @@ pub const RESTART_KEYS: &[&str] = &[
     "socketmap-listen",
     "state-dir",
     "log-format",
+    "crowdsec-url",
+    "crowdsec-bouncer-key-file",
+    "crowdsec-machine-credentials",
+    "crowdsec-max-decisions",
 ];
 
 /// Every key of the config file (and `run` flag).
@@ -942,6 +1083,14 @@ pub const ALL_KEYS: &[&str] = &[
     "dnsbl-allow-threshold",
     "dnsbl-resolver",
     "dnsbl-ttl",
+    "crowdsec-url",
+    "crowdsec-bouncer-key-file",
+    "crowdsec-poll",
+    "crowdsec-machine-credentials",
+    "crowdsec-origins",
+    "crowdsec-scenarios",
+    "crowdsec-report",
+    "crowdsec-max-decisions",
 ];
 
 /// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
@@ -1274,6 +1423,45 @@ mod tests {
         let mut s2 = Settings::default();
         back.apply(&mut s2).unwrap();
         assert_eq!(s2, s);
+    }
+
+    #[test]
+    fn crowdsec_keys_parse_validate_and_print_back() {
+        let p = Path::new("t.toml");
+        let text = "crowdsec-url = \"http://198.18.0.1:8080/\"\ncrowdsec-bouncer-key-file = \"/etc/smtp-xdp/bouncer.key\"\ncrowdsec-poll = \"5s\"\ncrowdsec-origins = [\"cscli\", \"smtp-xdp\"]\ncrowdsec-scenarios = \"ssh,!http\"\ncrowdsec-report = [\"rate\", \"bounces\", \"manual\"]\ncrowdsec-max-decisions = 200000\n";
+        let f = Overrides::parse(p, text).unwrap();
+        let mut s = Settings::default();
+        f.apply(&mut s).unwrap();
+        s.validate().unwrap();
+        let cs = &s.crowdsec;
+        assert_eq!(cs.url.as_deref(), Some("http://198.18.0.1:8080"));
+        assert_eq!(cs.poll, Duration::secs(5));
+        assert_eq!(cs.origins, ["cscli", "smtp-xdp"]);
+        assert_eq!(cs.scenarios, ["ssh", "!http"]);
+        assert_eq!(cs.report, ["rate", "bounces", "manual"]);
+        assert_eq!(cs.max_decisions, 200_000);
+        let out = s.to_toml(&[]);
+        let mut back = Settings::default();
+        Overrides::parse(p, &out).unwrap().apply(&mut back).unwrap();
+        assert_eq!(back, s, "{out}");
+
+        let mut s = Settings::default();
+        s.apply_key("crowdsec-report", "off").unwrap();
+        assert!(s.crowdsec.report.is_empty());
+        assert!(s.apply_key("crowdsec-url", "ftp://x").is_err());
+        assert!(s.apply_key("crowdsec-poll", "soon").is_err());
+        s.apply_key("crowdsec-bouncer-key-file", "/k").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("needs crowdsec-url"), "{e}");
+        s.apply_key("crowdsec-bouncer-key-file", "off").unwrap();
+        s.apply_key("crowdsec-url", "http://127.0.0.1:8080")
+            .unwrap();
+        assert!(s.validate().is_err(), "a URL without a role");
+        s.apply_key("crowdsec-machine-credentials", "/m.yaml")
+            .unwrap();
+        s.validate().unwrap();
+        s.apply_key("crowdsec-report", "rate,everything").unwrap();
+        assert!(s.validate().is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod batv;
 pub mod clock;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod dnsbl;
 pub mod events;

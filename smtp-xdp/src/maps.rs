@@ -88,6 +88,9 @@ pub struct Maps {
     pub deny: [ListCopy; 2],
     pub banned_nets_v4: LpmTrie<MapData, [u8; 4], Ban>,
     pub banned_nets_v6: LpmTrie<MapData, [u8; 16], Ban>,
+    /// CrowdSec decisions, apart from the local penalty box.
+    pub crowdsec_v4: LpmTrie<MapData, [u8; 4], Ban>,
+    pub crowdsec_v6: LpmTrie<MapData, [u8; 16], Ban>,
     pub counters: PerCpuArray<MapData, u64>,
     pub user_counters: Array<MapData, u64>,
     pub port_stats: PerCpuArray<MapData, PortStats>,
@@ -167,6 +170,8 @@ impl Maps {
             ],
             banned_nets_v4: take(s, names::BANNED_NETS_V4)?,
             banned_nets_v6: take(s, names::BANNED_NETS_V6)?,
+            crowdsec_v4: take(s, names::CROWDSEC_V4)?,
+            crowdsec_v6: take(s, names::CROWDSEC_V6)?,
             counters: take(s, names::COUNTERS)?,
             user_counters: take(s, names::USER_COUNTERS)?,
             port_stats: take(s, names::PORT_STATS)?,
@@ -598,6 +603,86 @@ impl Maps {
         Ok(removed)
     }
 
+    // --- CrowdSec decisions ---------------------------------------------------------------------
+
+    /// Every CrowdSec decision the kernel holds (active or expired, not yet removed).
+    pub fn crowdsec_entries(&self) -> Result<Vec<(IpNet, Ban)>> {
+        let mut out = Vec::new();
+        for item in self.crowdsec_v4.iter() {
+            let (key, ban) = item.map_err(map_err(names::CROWDSEC_V4))?;
+            out.push((v4_net(key.data(), key.prefix_len()), ban));
+        }
+        for item in self.crowdsec_v6.iter() {
+            let (key, ban) = item.map_err(map_err(names::CROWDSEC_V6))?;
+            out.push((v6_net(key.data(), key.prefix_len()), ban));
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of CrowdSec changes: removals first, then upserts. An upsert the full
+    /// trie refuses is reported in `full`, never an error: the rest of the batch still applies.
+    /// Writers hold the lists lock (`pins::lists_lock`) so the `present` bits stay exact.
+    pub fn crowdsec_apply(
+        &mut self,
+        removals: &[IpNet],
+        upserts: &[(IpNet, Ban)],
+    ) -> Result<DecisionsApplied> {
+        let mut out = DecisionsApplied::default();
+        for net in removals {
+            let r = match net {
+                IpNet::V4(n) => self
+                    .crowdsec_v4
+                    .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+                IpNet::V6(n) => self
+                    .crowdsec_v6
+                    .remove(&Key::new(n.prefix_len() as u32, n.network().octets())),
+            };
+            out.removed += remove_existing(r).map_err(map_err(names::CROWDSEC_V4))? as u64;
+        }
+        if !upserts.is_empty() {
+            self.set_present(present::CROWDSEC, true)?;
+        }
+        for (net, ban) in upserts {
+            let r = match net {
+                IpNet::V4(n) => self.crowdsec_v4.insert(
+                    &Key::new(n.prefix_len() as u32, n.network().octets()),
+                    ban,
+                    0,
+                ),
+                IpNet::V6(n) => self.crowdsec_v6.insert(
+                    &Key::new(n.prefix_len() as u32, n.network().octets()),
+                    ban,
+                    0,
+                ),
+            };
+            match r {
+                Ok(()) => out.stored += 1,
+                Err(MapError::SyscallError(e))
+                    if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
+                {
+                    out.full.push(*net)
+                }
+                Err(e) => return Err(map_err(names::CROWDSEC_V4)(e)),
+            }
+        }
+        if !removals.is_empty() || !out.full.is_empty() {
+            let empty = self.crowdsec_v4.keys().next().is_none()
+                && self.crowdsec_v6.keys().next().is_none();
+            self.refresh_present(present::CROWDSEC, empty)?;
+        }
+        Ok(out)
+    }
+
+    /// Capacity of the CrowdSec tries (each family).
+    pub fn crowdsec_capacity(&self) -> u64 {
+        use aya::maps::IterableMap as _;
+        self.crowdsec_v4
+            .map()
+            .info()
+            .map(|i| i.max_entries() as u64)
+            .unwrap_or(0)
+    }
+
     // --- trusted relays ----------------------------------------------------------------------
 
     /// Marks a source as a trusted relay until `trust.until`. The caller holds the lists lock
@@ -682,6 +767,15 @@ fn list_full(list: List, e: MapError) -> MapsError {
             error: e,
         },
     }
+}
+
+/// What [`Maps::crowdsec_apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecisionsApplied {
+    pub removed: u64,
+    pub stored: u64,
+    /// Upserts refused because the trie of their family is full.
+    pub full: Vec<IpNet>,
 }
 
 /// A per-source ban or a manual network ban.

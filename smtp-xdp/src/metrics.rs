@@ -32,6 +32,24 @@ pub struct Cache {
     /// DNS list answers cached, and trusted relays in force (the DNSBL service).
     pub dnsbl_cached: u64,
     pub dnsbl_trusted: u64,
+    pub crowdsec: CrowdsecView,
+}
+
+/// What the CrowdSec service reports for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct CrowdsecView {
+    /// Configured as a bouncer; and whether its last pull succeeded.
+    pub bouncer: bool,
+    pub bouncer_up: bool,
+    /// Configured as a machine; and whether its last login or alert succeeded.
+    pub machine: bool,
+    pub machine_up: bool,
+    /// Unix time of the last successful pull (0: none yet).
+    pub last_poll_unix: u64,
+    /// Networks enforced, by the origin of their decision.
+    pub by_origin: Vec<(String, u64)>,
+    pub alerts_queued: u64,
+    pub capacity: u64,
 }
 
 /// Everything a scrape shows.
@@ -132,6 +150,8 @@ pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
         Counter::WouldDropBan => ("would_drop", "ban"),
         Counter::WouldDropRate => ("would_drop", "rate"),
         Counter::WouldDropGlobal => ("would_drop", "global"),
+        Counter::DropCrowdsec => ("drop", "crowdsec"),
+        Counter::WouldDropCrowdsec => ("would_drop", "crowdsec"),
         _ => return None,
     })
 }
@@ -442,6 +462,7 @@ impl Collector for Exporter {
             "Postfix policy requests answered.",
             s.user(UserCounter::PolicyRequests),
         )?;
+        crowdsec(&mut enc, s, &c.crowdsec)?;
         counter(&mut enc, "policy_errors", "Postfix policy connections or requests refused (malformed, oversized, timed out, too many).", s.user(UserCounter::PolicyErrors))?;
         counters(
             &mut enc,
@@ -620,6 +641,110 @@ impl Collector for Exporter {
     }
 }
 
+fn crowdsec(
+    enc: &mut DescriptorEncoder,
+    s: &Snapshot,
+    v: &CrowdsecView,
+) -> Result<(), std::fmt::Error> {
+    use crate::crowdsec::{Skipped, KNOWN_ORIGINS};
+    let roles = |a: bool, b: bool| {
+        [("bouncer", a), ("machine", b)]
+            .map(|(role, on)| (vec![("role", role.to_string())], on as u8 as f64))
+    };
+    gauges(
+        enc,
+        "crowdsec_enabled",
+        "1 for each CrowdSec role configured: bouncer (enforces Local API decisions), machine (reports local bans).",
+        roles(v.bouncer, v.machine),
+    )?;
+    gauges(
+        enc,
+        "crowdsec_lapi_up",
+        "1 while the Local API answers this role (last pull, or last login or alert); 0 when down or not configured.",
+        roles(v.bouncer && v.bouncer_up, v.machine && v.machine_up),
+    )?;
+    gauge(
+        enc,
+        "crowdsec_last_poll_timestamp_seconds",
+        "Unix time of the last successful decision pull (0: none yet).",
+        v.last_poll_unix as f64,
+    )?;
+    // The well-known origins always, so a dashboard has series before the first decision.
+    let mut rows: Vec<(String, u64)> = KNOWN_ORIGINS.iter().map(|o| (o.to_string(), 0)).collect();
+    for (o, n) in &v.by_origin {
+        match rows.iter_mut().find(|(k, _)| k == o) {
+            Some(r) => r.1 = *n,
+            None => rows.push((o.clone(), *n)),
+        }
+    }
+    gauges(
+        enc,
+        "crowdsec_decisions",
+        "Networks enforced for CrowdSec decisions, by the decision's origin.",
+        rows.into_iter()
+            .map(|(o, n)| (vec![("origin", o)], n as f64)),
+    )?;
+    gauge(
+        enc,
+        "crowdsec_decision_capacity",
+        "Capacity of each CrowdSec decision table (crowdsec-max-decisions).",
+        v.capacity as f64,
+    )?;
+    counters(
+        enc,
+        "crowdsec_decisions_changed",
+        "Networks newly enforced (added) and no longer enforced (deleted) for CrowdSec decisions.",
+        [
+            ("added", UserCounter::CrowdsecDecisionsAdded),
+            ("deleted", UserCounter::CrowdsecDecisionsDeleted),
+        ]
+        .map(|(a, c)| (vec![("action", a.to_string())], s.user(c))),
+    )?;
+    let skipped = [
+        UserCounter::CrowdsecSkippedNotBan,
+        UserCounter::CrowdsecSkippedScope,
+        UserCounter::CrowdsecSkippedSimulated,
+        UserCounter::CrowdsecSkippedInvalid,
+        UserCounter::CrowdsecSkippedExpired,
+        UserCounter::CrowdsecSkippedFiltered,
+        UserCounter::CrowdsecSkippedOwn,
+        UserCounter::CrowdsecSkippedCapacity,
+    ];
+    counters(
+        enc,
+        "crowdsec_decisions_skipped",
+        "CrowdSec decisions not enforced, by reason (not_ban, scope, simulated, invalid, expired, filtered, own, capacity).",
+        Skipped::ALL
+            .iter()
+            .zip(skipped)
+            .map(|(why, c)| (vec![("reason", why.name().to_string())], s.user(c))),
+    )?;
+    counter(
+        enc,
+        "crowdsec_poll_errors",
+        "Decision pulls that failed (Local API down, refused, or a malformed answer).",
+        s.user(UserCounter::CrowdsecPollErrors),
+    )?;
+    counter(
+        enc,
+        "crowdsec_alerts_sent",
+        "Local bans reported to the Local API as alerts.",
+        s.user(UserCounter::CrowdsecAlertsSent),
+    )?;
+    counter(
+        enc,
+        "crowdsec_alerts_dropped",
+        "Alerts dropped because the queue was full while the Local API was away (oldest first).",
+        s.user(UserCounter::CrowdsecAlertsDropped),
+    )?;
+    gauge(
+        enc,
+        "crowdsec_alerts_queued",
+        "Alerts waiting for the Local API.",
+        v.alerts_queued as f64,
+    )
+}
+
 /// Every metric family name the exporter can emit (for tests against dashboards and rules).
 pub const FAMILIES: &[&str] = &[
     "smtp_xdp_up",
@@ -672,6 +797,17 @@ pub const FAMILIES: &[&str] = &[
     "smtp_xdp_top_offender_syns",
     "smtp_xdp_controller_start_time_seconds",
     "smtp_xdp_controller_uptime_seconds",
+    "smtp_xdp_crowdsec_enabled",
+    "smtp_xdp_crowdsec_lapi_up",
+    "smtp_xdp_crowdsec_last_poll_timestamp_seconds",
+    "smtp_xdp_crowdsec_decisions",
+    "smtp_xdp_crowdsec_decision_capacity",
+    "smtp_xdp_crowdsec_decisions_changed_total",
+    "smtp_xdp_crowdsec_decisions_skipped_total",
+    "smtp_xdp_crowdsec_poll_errors_total",
+    "smtp_xdp_crowdsec_alerts_sent_total",
+    "smtp_xdp_crowdsec_alerts_dropped_total",
+    "smtp_xdp_crowdsec_alerts_queued",
 ];
 
 #[cfg(test)]

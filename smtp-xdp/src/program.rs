@@ -70,6 +70,8 @@ pub struct LoadOptions<'a> {
     pub pin_dir: Option<&'a Path>,
     pub max_sources: u32,
     pub max_bans: u32,
+    /// Capacity of each CrowdSec decision trie.
+    pub max_decisions: u32,
 }
 
 impl Default for LoadOptions<'_> {
@@ -78,6 +80,7 @@ impl Default for LoadOptions<'_> {
             pin_dir: None,
             max_sources: smtp_xdp_common::DEFAULT_MAX_SOURCES,
             max_bans: smtp_xdp_common::DEFAULT_MAX_BANS,
+            max_decisions: smtp_xdp_common::DEFAULT_MAX_DECISIONS,
         }
     }
 }
@@ -87,7 +90,9 @@ pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, L
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::SOURCES, opts.max_sources)
-        .map_max_entries(names::BANS, opts.max_bans);
+        .map_max_entries(names::BANS, opts.max_bans)
+        .map_max_entries(names::CROWDSEC_V4, opts.max_decisions)
+        .map_max_entries(names::CROWDSEC_V6, opts.max_decisions);
     let paths: Vec<_> = opts
         .pin_dir
         .map(|dir| names::PINNED.iter().map(|n| (*n, dir.join(n))).collect())

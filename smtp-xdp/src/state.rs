@@ -98,6 +98,7 @@ pub fn reason_name(reason: u32) -> &'static str {
         ban_reason::BOUNCES => "bounces",
         ban_reason::MANUAL => "manual",
         ban_reason::DNSBL => "dnsbl",
+        ban_reason::CROWDSEC => "crowdsec",
         _ => "unknown",
     }
 }

@@ -60,6 +60,46 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
     (UserCounter::TrustedBouncesPolicy, "trusted_bounces_policy"),
     (UserCounter::TrustedRefusals, "trusted_refusals"),
     (UserCounter::TrustedBansLifted, "trusted_bans_lifted"),
+    (UserCounter::CrowdsecAlertsSent, "crowdsec_alerts_sent"),
+    (
+        UserCounter::CrowdsecAlertsDropped,
+        "crowdsec_alerts_dropped",
+    ),
+    (UserCounter::CrowdsecPollErrors, "crowdsec_poll_errors"),
+    (
+        UserCounter::CrowdsecDecisionsAdded,
+        "crowdsec_decisions_added",
+    ),
+    (
+        UserCounter::CrowdsecDecisionsDeleted,
+        "crowdsec_decisions_deleted",
+    ),
+    (
+        UserCounter::CrowdsecSkippedNotBan,
+        "crowdsec_skipped_not_ban",
+    ),
+    (UserCounter::CrowdsecSkippedScope, "crowdsec_skipped_scope"),
+    (
+        UserCounter::CrowdsecSkippedSimulated,
+        "crowdsec_skipped_simulated",
+    ),
+    (
+        UserCounter::CrowdsecSkippedInvalid,
+        "crowdsec_skipped_invalid",
+    ),
+    (
+        UserCounter::CrowdsecSkippedExpired,
+        "crowdsec_skipped_expired",
+    ),
+    (
+        UserCounter::CrowdsecSkippedFiltered,
+        "crowdsec_skipped_filtered",
+    ),
+    (UserCounter::CrowdsecSkippedOwn, "crowdsec_skipped_own"),
+    (
+        UserCounter::CrowdsecSkippedCapacity,
+        "crowdsec_skipped_capacity",
+    ),
 ];
 
 impl Snapshot {

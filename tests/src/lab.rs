@@ -45,10 +45,24 @@ pub struct Lab {
     pub net: u32,
     pub dir: PathBuf,
     children: Vec<Child>,
+    /// False for a lab made with [`Lab::beside`]: the client namespace is another lab's.
+    owns_client: bool,
 }
 
 impl Lab {
     pub fn new() -> Self {
+        Self::create(None)
+    }
+
+    /// A second server namespace joined to `other`'s client namespace by a veth pair of its own
+    /// (its own /24 and /64): another MX host that the same clients, and peers running in the
+    /// client namespace (a CrowdSec Local API), reach. Dropping it leaves the shared client
+    /// namespace to `other`.
+    pub fn beside(other: &Lab) -> Self {
+        Self::create(Some(&other.client_ns))
+    }
+
+    fn create(client_ns: Option<&str>) -> Self {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let id = format!("{:x}{n:x}", pid % 0xfffff);
@@ -57,13 +71,14 @@ impl Lab {
         std::fs::create_dir_all(&dir).expect("lab dir");
         let lab = Lab {
             server_ns: format!("sxs-{id}"),
-            client_ns: format!("sxc-{id}"),
+            client_ns: client_ns.map_or_else(|| format!("sxc-{id}"), String::from),
             server_if: format!("sx{id}s"),
             client_if: format!("sx{id}c"),
             id,
             net,
             dir,
             children: Vec::new(),
+            owns_client: client_ns.is_none(),
         };
         lab.setup();
         lab
@@ -71,7 +86,9 @@ impl Lab {
 
     fn setup(&self) {
         ip(&["netns", "add", &self.server_ns]);
-        ip(&["netns", "add", &self.client_ns]);
+        if self.owns_client {
+            ip(&["netns", "add", &self.client_ns]);
+        }
         ip(&[
             "link",
             "add",
@@ -568,7 +585,11 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.server_ns, &self.client_ns] {
+        let owned = [
+            Some(&self.server_ns),
+            self.owns_client.then_some(&self.client_ns),
+        ];
+        for ns in owned.into_iter().flatten() {
             // Whatever still runs in the namespace (Postfix daemons, floods) goes first.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {

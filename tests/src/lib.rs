@@ -1,6 +1,7 @@
 //! Shared pieces of smtp-xdp's integration tests: frame building, the real program loaded for
 //! `BPF_PROG_TEST_RUN`, and network-namespace labs.
 
+pub mod crowdsec;
 pub mod frames;
 pub mod lab;
 

@@ -30,6 +30,8 @@ pub struct Model {
     pub banned_nets: Vec<(IpNet, Ban)>,
     /// Trusted relays (DNS allowlist answers), as the controller writes them.
     pub trusted: HashMap<SourceKey, Trust>,
+    /// CrowdSec decisions (the `CROWDSEC_*` tries).
+    pub crowdsec: Vec<(IpNet, Ban)>,
     pub counters: [u64; Counter::COUNT as usize],
     pub port_stats: [PortStats; MAX_PORTS],
     pub global: [u64; MAX_PORTS],
@@ -63,6 +65,7 @@ impl Model {
             deny: Vec::new(),
             banned_nets: Vec::new(),
             trusted: HashMap::new(),
+            crowdsec: Vec::new(),
             counters: [0; Counter::COUNT as usize],
             port_stats: [PortStats::default(); MAX_PORTS],
             global: [0; MAX_PORTS],
@@ -179,6 +182,14 @@ fn addr(seg: &Segment) -> std::net::IpAddr {
     }
 }
 
+/// LPM semantics: only the longest matching prefix's entry counts.
+fn longest_match_active(nets: &[(IpNet, Ban)], a: std::net::IpAddr, now: u64) -> bool {
+    nets.iter()
+        .filter(|(n, _)| n.contains(&a))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .is_some_and(|(_, b)| bans::is_active(b, now))
+}
+
 struct Env<'a> {
     m: &'a mut Model,
     seg: &'a Segment,
@@ -233,14 +244,11 @@ impl SynEnv for Env<'_> {
     }
 
     fn net_banned(&mut self, now: u64) -> bool {
-        // LPM semantics: only the longest matching prefix's entry counts.
-        let a = addr(self.seg);
-        self.m
-            .banned_nets
-            .iter()
-            .filter(|(n, _)| n.contains(&a))
-            .max_by_key(|(n, _)| n.prefix_len())
-            .is_some_and(|(_, b)| bans::is_active(b, now))
+        longest_match_active(&self.m.banned_nets, addr(self.seg), now)
+    }
+
+    fn crowdsec_banned(&mut self, now: u64) -> bool {
+        longest_match_active(&self.m.crowdsec, addr(self.seg), now)
     }
 
     fn note_banned_syn(&mut self, now: u64) {

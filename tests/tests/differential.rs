@@ -57,6 +57,24 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     m.allow.push(allow);
     m.deny.extend([deny, deny6]);
     m.banned_nets.push((net_ban, b));
+    // CrowdSec decisions: one overlapping the manual ban, one inside the allowlist (which wins),
+    // an IPv6 range, and one already expired.
+    let mut decision = Ban::manual(now, 3_600_000_000_000);
+    decision.reason = smtp_xdp_common::ban_reason::CROWDSEC;
+    let mut expired = decision;
+    expired.until = now;
+    let decisions: Vec<(ipnet::IpNet, Ban)> = [
+        ("198.18.101.0/26", decision),
+        ("198.18.103.0/24", decision),
+        ("198.18.100.0/27", expired),
+        ("2001:db8:1::/49", decision),
+    ]
+    .into_iter()
+    .map(|(n, b)| (n.parse().unwrap(), b))
+    .collect();
+    let applied = k.maps.crowdsec_apply(&[], &decisions).unwrap();
+    assert_eq!(applied.stored, 4);
+    m.crowdsec.extend(decisions);
 
     let mut ring = aya::maps::RingBuf::try_from(k.ebpf.take_map("EVENTS").unwrap()).unwrap();
     let mut events = [0u64; smtp_xdp_common::event_kind::COUNT as usize];

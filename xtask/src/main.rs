@@ -42,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
     "libcap2-bin",
+    // The CrowdSec Local API the CrowdSec tests start (`crowdsec -no-cs`) and `cscli`.
+    "crowdsec",
 ];
 
 /// Packages `run` needs at run time (nsenter, ip) on a minimal system.
@@ -317,6 +319,10 @@ fn ensure_debs(pkgs: &[&str]) -> Result<()> {
         "installing Debian packages: {} (a minute or two)...",
         missing.join(" ")
     ));
+    let _no_services = missing
+        .contains(&"crowdsec")
+        .then(crowdsec_offline)
+        .transpose()?;
     // No prompts; Postfix's own instance is not used (tests run private instances).
     let apt = |args: &[&str]| {
         let mut c = Command::new("apt-get");
@@ -330,6 +336,64 @@ fn ensure_debs(pkgs: &[&str]) -> Result<()> {
     install.args(&missing);
     status(&mut install)?;
     Ok(())
+}
+
+/// Makes the crowdsec package install offline, and keeps its service from starting.
+///
+/// Its post-install step registers with CrowdSec's online API unless
+/// `/etc/crowdsec/online_api_credentials.yaml` exists (README.Debian), and fails without internet,
+/// leaving the package half-configured; an existing file (a comment is enough) skips that. A
+/// half-configured package from an earlier attempt is configured again. The tests start their
+/// own Local API, never the packaged service: a `policy-rc.d` refuses service starts for the
+/// duration of the install.
+fn crowdsec_offline() -> Result<PolicyRcGuard> {
+    let creds = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if !creds.exists() {
+        fs::create_dir_all("/etc/crowdsec")?;
+        fs::write(
+            creds,
+            "# No online API: smtp-xdp's tests run CrowdSec's Local API alone (see README.Debian).\n",
+        )?;
+    }
+    let guard = PolicyRcGuard::install()?;
+    let state =
+        output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", "crowdsec"]))
+            .unwrap_or_default();
+    if matches!(
+        state.trim(),
+        "half-configured" | "unpacked" | "half-installed"
+    ) {
+        say("configuring the half-configured crowdsec package offline");
+        status(Command::new("dpkg").args(["--configure", "crowdsec"]))?;
+    }
+    Ok(guard)
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 (no service starts) while it lives, unless one exists.
+struct PolicyRcGuard(Option<PathBuf>);
+
+impl PolicyRcGuard {
+    fn install() -> Result<Self> {
+        let p = Path::new("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return Ok(PolicyRcGuard(None));
+        }
+        fs::write(
+            p,
+            "#!/bin/sh\n# cargo xtask: no service starts while packages install\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+        Ok(PolicyRcGuard(Some(p.to_path_buf())))
+    }
+}
+
+impl Drop for PolicyRcGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 fn ensure_bpffs() -> Result<()> {

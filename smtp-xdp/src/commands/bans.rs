@@ -153,6 +153,25 @@ pub fn unban(
             .max_by_key(|(t, _)| t.prefix_len()),
         Selection::All(_) => None,
     };
+    // CrowdSec decisions are LAPI's, never lifted here: say when one still refuses the address.
+    let crowdsec: Option<(IpNet, Ban)> = match &selection {
+        Selection::Inside(n) => inst
+            .maps
+            .crowdsec_entries()?
+            .into_iter()
+            .filter(|(t, b)| (t.contains(n) || n.contains(t)) && bans::is_active(b, now))
+            .max_by_key(|(t, _)| t.prefix_len()),
+        Selection::All(_) => None,
+    };
+    let crowdsec_note = crowdsec.map(|(t, b)| {
+        format!(
+            "note: a CrowdSec decision ({}) on {t} (until {}) still refuses it on every MX: lift it on the Local API, e.g. `cscli decisions delete {} {}`",
+            smtp_xdp::crowdsec::origin_name(b.level),
+            until_text(&b),
+            if t.prefix_len() == t.max_prefix_len() { "--ip" } else { "--range" },
+            if t.prefix_len() == t.max_prefix_len() { t.addr().to_string() } else { t.to_string() },
+        )
+    });
     let what = match &selection {
         Selection::All(None) => "every ban".to_string(),
         Selection::All(Some(r)) => format!("every {} ban", reason_name(*r)),
@@ -171,7 +190,13 @@ pub fn unban(
                 println!("nothing to unban: the penalty box holds no such ban");
                 return Ok(0);
             }
-            Selection::Inside(_) => bail!("{what} is not banned (see `smtp-xdp bans`)"),
+            Selection::Inside(_) => match crowdsec_note {
+                Some(note) => bail!(
+                    "{what} is not in the local penalty box; {}",
+                    note.trim_start_matches("note: ")
+                ),
+                None => bail!("{what} is not banned (see `smtp-xdp bans`)"),
+            },
         }
     }
     let names: Vec<String> = lifted.iter().map(|(t, _)| t.to_string()).collect();
@@ -204,6 +229,9 @@ pub fn unban(
             reason_name(b.reason),
             until_text(&b)
         );
+    }
+    if let Some(note) = crowdsec_note {
+        println!("{note}");
     }
     Ok(0)
 }

@@ -308,31 +308,36 @@ pub fn bans(target: &Target, all: bool, json: bool) -> anyhow::Result<i32> {
     let now = clock::boot_ns();
     let policy = inst.maps.policy()?;
     let dry_run = policy.as_ref().is_some_and(|p| p.dry_run());
-    let mut rows: Vec<_> = inst
-        .maps
-        .ban_entries()?
-        .into_iter()
-        .map(|e| {
-            let active = bans::is_active(&e.ban, now);
-            let (target, kind) = match e.target {
-                BanTarget::Source(k) => (key_net(&k, policy.as_ref()).to_string(), "source"),
-                BanTarget::Net(n) => (n.to_string(), "net"),
-            };
-            (target, kind, e.ban, active)
-        })
+    // Local bans (the penalty box), then CrowdSec decisions, which `unban` never touches.
+    let local = inst.maps.ban_entries()?.into_iter().map(|e| {
+        let (target, kind) = match e.target {
+            BanTarget::Source(k) => (key_net(&k, policy.as_ref()).to_string(), "source"),
+            BanTarget::Net(n) => (n.to_string(), "net"),
+        };
+        (target, kind, e.ban, "local".to_string())
+    });
+    let crowdsec = inst.maps.crowdsec_entries()?.into_iter().map(|(n, b)| {
+        let origin = format!("crowdsec/{}", smtp_xdp::crowdsec::origin_name(b.level));
+        (n.to_string(), "net", b, origin)
+    });
+    let mut rows: Vec<_> = local
+        .chain(crowdsec)
+        .map(|(t, kind, b, origin)| (t, kind, b, bans::is_active(&b, now), origin))
         .filter(|r| all || r.3)
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.2.until));
     let would = |b: &smtp_xdp_common::Ban| b.flags & ban_flags::WOULD != 0;
+    let crowdsec = |b: &smtp_xdp_common::Ban| b.reason == smtp_xdp_common::ban_reason::CROWDSEC;
     if json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(t, kind, b, active)| {
+            .map(|(t, kind, b, active, origin)| {
                 serde_json::json!({
                     "target": t,
                     "kind": kind,
                     "reason": reason_name(b.reason),
-                    "level": b.level,
+                    "origin": origin,
+                    "level": if crowdsec(b) { 0 } else { b.level },
                     "active": active,
                     "would": would(b),
                     "in_force": bans::in_force(b, now, dry_run),
@@ -344,10 +349,10 @@ pub fn bans(target: &Target, all: bool, json: bool) -> anyhow::Result<i32> {
         return print_json(&serde_json::Value::Array(v));
     }
     println!(
-        "{:<40} {:<8} {:<11} {:>5} {:>12}  UNTIL",
-        "TARGET", "REASON", "KIND", "LEVEL", "REMAINING"
+        "{:<40} {:<8} {:<11} {:<18} {:>5} {:>12}  UNTIL",
+        "TARGET", "REASON", "KIND", "ORIGIN", "LEVEL", "REMAINING"
     );
-    for (t, kind, b, _) in rows {
+    for (t, kind, b, _, origin) in rows {
         let left = Duration::secs(b.until.saturating_sub(now) / 1_000_000_000);
         let kind = if would(&b) {
             format!("{kind} (would)")
@@ -355,11 +360,12 @@ pub fn bans(target: &Target, all: bool, json: bool) -> anyhow::Result<i32> {
             kind.to_string()
         };
         println!(
-            "{:<40} {:<8} {:<11} {:>5} {:>12}  {}",
+            "{:<40} {:<8} {:<11} {:<18} {:>5} {:>12}  {}",
             t,
             reason_name(b.reason),
             kind,
-            b.level,
+            origin,
+            if crowdsec(&b) { 0 } else { b.level },
             left.to_string(),
             clock::rfc3339(clock::to_unix_secs(b.until))
         );

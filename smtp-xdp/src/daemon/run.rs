@@ -15,7 +15,7 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, batv, census, dnsbl, exporter, kernel_events, mode, persist, policy, reload,
+    audit, batv, census, crowdsec, dnsbl, exporter, kernel_events, mode, persist, policy, reload,
     resolve_settings,
     shared::{Shared, Suspects},
     socketmap,
@@ -132,6 +132,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let config_path = resolved.config.clone();
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
+    let crowdsec = crowdsec::prepare(&settings)?;
     let dnsbl_client = dnsbl::prepare(&settings)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
@@ -202,6 +203,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         batv: RwLock::new(batv.batv),
         batv_since: Mutex::new(batv.since),
         save_soon: tokio::sync::Notify::new(),
+        local_bans: tokio::sync::broadcast::channel(super::shared::LOCAL_BANS_BACKLOG).0,
         suspects,
     });
 
@@ -220,6 +222,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(dnsbl::run(shared.clone(), suspects_rx, dnsbl_client));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));
+    }
+    if let Some(setup) = crowdsec {
+        tasks.spawn(crowdsec::run(setup, shared.clone()));
     }
     if let Some(bound) = listeners.policy {
         tracing::info!(listen = ?settings.policy_listen.as_ref().map(|l| l.to_string()), "policy service listening");

@@ -12,12 +12,13 @@ use std::{
 };
 
 use smtp_xdp_common::{event_kind, Event};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     batv::Batv,
     clock,
     config::Settings,
+    crowdsec::LocalBan,
     events::EventLog,
     maps::Maps,
     metrics::{Cache, View},
@@ -48,6 +49,10 @@ pub struct Shared {
     /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
     /// it within about a second rather than at the next `save-interval`.
     pub save_soon: tokio::sync::Notify,
+    /// Every ban the kernel or the policy service issued (not would-bans), for services that
+    /// report them (CrowdSec). Bounded: a subscriber that falls behind learns how many it
+    /// missed.
+    pub local_bans: broadcast::Sender<LocalBan>,
     /// Sources worth asking the DNS lists about, for the DNSBL service.
     pub suspects: Suspects,
 }
@@ -95,6 +100,9 @@ impl Suspects {
         self.dropped.swap(0, Ordering::Relaxed)
     }
 }
+
+/// Bans a subscriber of [`Shared::local_bans`] may fall behind by.
+pub const LOCAL_BANS_BACKLOG: usize = 4096;
 
 impl Shared {
     /// A copy of the settings in force.
@@ -153,6 +161,33 @@ impl Shared {
             for e in evs {
                 log.log(e, policy.as_ref(), origin);
             }
+        }
+        self.announce_bans(evs, policy.as_ref());
+    }
+
+    /// Passes the bans among `evs` to the subscribers of [`Shared::local_bans`], if any.
+    fn announce_bans(&self, evs: &[Event], policy: Option<&smtp_xdp_common::Policy>) {
+        if self.local_bans.receiver_count() == 0 {
+            return;
+        }
+        let mut bans = evs.iter().filter(|e| e.kind == event_kind::BAN).peekable();
+        if bans.peek().is_none() {
+            return;
+        }
+        let storm = self
+            .maps
+            .lock()
+            .ok()
+            .and_then(|m| m.storm().ok())
+            .unwrap_or(false);
+        for e in bans {
+            let _ = self.local_bans.send(LocalBan {
+                net: crate::maps::key_net(&e.key, policy),
+                reason: e.reason,
+                storm,
+                duration_ns: e.value,
+                at_unix: clock::to_unix_secs(e.at),
+            });
         }
     }
 }

@@ -94,6 +94,7 @@ pub fn start(
             pin_dir: Some(dir),
             max_sources: settings.max_sources,
             max_bans: settings.max_bans,
+            max_decisions: settings.crowdsec.max_decisions,
         },
         &[program::PROGRAM],
     )
@@ -106,6 +107,13 @@ pub fn start(
             adopted = sources_capacity,
             requested = settings.max_sources,
             "max-sources differs from the adopted table; keeping the adopted size (use --fresh to resize)"
+        );
+    }
+    if adopted.is_some() && maps.crowdsec_capacity() != settings.crowdsec.max_decisions as u64 {
+        tracing::warn!(
+            adopted = maps.crowdsec_capacity(),
+            requested = settings.crowdsec.max_decisions,
+            "crowdsec-max-decisions differs from the adopted tables; keeping the adopted size (use --fresh to resize)"
         );
     }
     maps.set_policy(&settings.policy())?;
