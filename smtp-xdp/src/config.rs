@@ -178,6 +178,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub save_interval: Duration,
     pub log_format: LogFormat,
+    /// Denylist files the controller loads at start, on SIGHUP and when they change on disk.
+    pub deny_files: Vec<PathBuf>,
 }
 
 impl Default for Settings {
@@ -212,6 +214,7 @@ impl Default for Settings {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             save_interval: Duration::secs(60),
             log_format: LogFormat::Human,
+            deny_files: Vec::new(),
         }
     }
 }
@@ -497,6 +500,7 @@ impl Settings {
             "state-dir" => self.state_dir = PathBuf::from(value.trim()),
             "save-interval" => self.save_interval = value.parse()?,
             "log-format" => self.log_format = value.parse()?,
+            "deny-files" => self.deny_files = parse_files(value)?,
             "rate" => self.rate = value.parse()?,
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
@@ -614,6 +618,12 @@ impl Settings {
                 LogFormat::Json => "json",
             }
             .into()),
+            "deny-files" => V::Array(
+                self.deny_files
+                    .iter()
+                    .map(|p| s(p.display().to_string()))
+                    .collect(),
+            ),
             _ => return None,
         })
     }
@@ -695,6 +705,7 @@ pub const ALL_KEYS: &[&str] = &[
     "state-dir",
     "save-interval",
     "log-format",
+    "deny-files",
 ];
 
 /// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
@@ -717,6 +728,30 @@ pub const LIVE_KEYS: &[&str] = &[
     "global-rate",
     "global-burst",
 ];
+
+/// A list of files: comma-separated (a TOML list arrives joined with commas), each an absolute
+/// path (the controller's working directory is not the operator's); empty or "off" for none.
+fn parse_files(value: &str) -> Result<Vec<PathBuf>, ValueError> {
+    if is_off(value) {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            if f.starts_with('/') {
+                Ok(PathBuf::from(f))
+            } else {
+                Err(ValueError::Other {
+                    what: "file",
+                    value: f.into(),
+                    hint: "use absolute paths, e.g. [\"/var/lib/spamhaus/drop_v4.json\", \"/var/lib/spamhaus/drop_v6.json\"]",
+                })
+            }
+        })
+        .collect()
+}
 
 fn parse_count(what: &'static str, value: &str) -> Result<u64, ValueError> {
     value
@@ -831,6 +866,15 @@ mod tests {
         assert!(s.apply_key("policy-listen", "nonsense").is_err());
         s.apply_key("policy-listen", "unix:/run/x.sock").unwrap();
         assert_eq!(s.policy_listen, Some(Listen::Unix("/run/x.sock".into())));
+        s.apply_key("deny-files", "/a/drop_v4.json, /a/drop_v6.json")
+            .unwrap();
+        assert_eq!(
+            s.deny_files,
+            [PathBuf::from("/a/drop_v4.json"), "/a/drop_v6.json".into()]
+        );
+        assert!(s.apply_key("deny-files", "drop.txt").is_err());
+        s.apply_key("deny-files", "off").unwrap();
+        assert!(s.deny_files.is_empty());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The daemon behind `smtp-xdp run`: a set of services with one job each (policy service,
-//! metrics, kernel events, ban sweeps, census, storm watch, state persistence), wired together
-//! by [`run`], which owns start-up and shutdown. Services share [`shared::Shared`] and never
-//! call each other.
+//! metrics, kernel events, ban sweeps, census, storm watch, state persistence, deny-files),
+//! wired together by [`run`], which owns start-up and shutdown. Services share
+//! [`shared::Shared`] and never call each other.
 
 mod audit;
 mod census;
+mod deny_files;
 mod exporter;
 mod kernel_events;
 mod mode;

@@ -15,7 +15,8 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, census, exporter, kernel_events, mode, persist, policy, reload, resolve_settings,
+    audit, census, deny_files, exporter, kernel_events, mode, persist, policy, reload,
+    resolve_settings,
     shared::Shared,
     startup::{self, Started},
     storm, sweep, RunOptions,
@@ -89,6 +90,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let mut signals = Signals::install()?;
     let resolved = resolve_settings(&opts)?;
     host::require_privileges("smtp-xdp run")?;
+    // An old kernel is named in one line here, not in a verifier dump after the pins exist.
+    crate::probe::check()?;
     pins::ensure_bpffs()?;
     let iface = match &resolved.settings.iface {
         Some(i) => i.clone(),
@@ -182,6 +185,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         sources_capacity,
         bans_capacity,
         save_soon: tokio::sync::Notify::new(),
+        reloads: watch::channel(0).0,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -196,6 +200,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(sweep::run(shared.clone()));
     tasks.spawn(storm::run(shared.clone()));
     tasks.spawn(persist::run(shared.clone()));
+    tasks.spawn(deny_files::run(shared.clone()));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));
     }

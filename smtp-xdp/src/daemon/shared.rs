@@ -39,6 +39,9 @@ pub struct Shared {
     /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
     /// it within about a second rather than at the next `save-interval`.
     pub save_soon: tokio::sync::Notify,
+    /// Counts SIGHUPs handled (after the config was reread, or the reread refused): services
+    /// that reload something of their own on SIGHUP watch it.
+    pub reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
