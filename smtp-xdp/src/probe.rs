@@ -23,6 +23,8 @@ pub enum ProbeError {
         what: &'static str,
         since: &'static str,
     },
+    #[error("the kernel refuses BPF to this process ({error}): smtp-xdp run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)")]
+    NotPermitted { error: String },
     #[error("cannot probe the kernel for {what}: {error}")]
     Failed { what: &'static str, error: String },
 }
@@ -117,6 +119,9 @@ pub fn check_all(requirements: &[Requirement], kernel: &str) -> Result<(), Probe
                     what: r.what,
                     since: r.since,
                 })
+            }
+            Err(error) if error.contains("Operation not permitted") => {
+                return Err(ProbeError::NotPermitted { error })
             }
             Err(error) => {
                 return Err(ProbeError::Failed {
