@@ -171,8 +171,17 @@ pub enum BounceVerdict {
     Untracked,
 }
 
-/// Charges `count` bounces to a source's state: its counter, and its bounce bucket when bounce
-/// limiting is on. In a storm the tighter `bounce_storm` limit applies.
+/// Counts `count` bounces to a source's state (totals only, no limit).
+#[inline(always)]
+pub fn count_bounces(state: &mut SourceState, count: u32, now: u64) {
+    state.bounces = state.bounces.saturating_add(count as u64);
+    state.last_seen = now;
+}
+
+/// Counts `count` bounces the kernel saw and, unless BATV judges bounces
+/// ([`Policy::bounces_judged`]: then only the policy service, which sees the recipient's tag,
+/// charges), charges them to the source's bounce bucket when bounce limiting is on. In a storm
+/// the tighter `bounce_storm` limit applies.
 #[inline(always)]
 pub fn charge_bounces(
     state: &mut SourceState,
@@ -181,9 +190,26 @@ pub fn charge_bounces(
     count: u32,
     now: u64,
 ) -> BounceVerdict {
-    state.bounces = state.bounces.saturating_add(count as u64);
-    state.last_seen = now;
-    if !policy.bounce.enabled() || count == 0 {
+    count_bounces(state, count, now);
+    if count == 0 || policy.bounces_judged() {
+        return BounceVerdict::Counted;
+    }
+    // A segment is one limiter event however many null-sender commands it pipelines (each is
+    // still counted above): one charge keeps the kernel's path free of a data-dependent loop.
+    charge_bounce_bucket(state, policy, storm, now)
+}
+
+/// Charges one bounce to the source's bounce bucket (nothing when bounce limiting is off), with
+/// the storm limit in a storm. The policy service calls this for the bounces it judges
+/// chargeable; the kernel through [`charge_bounces`].
+#[inline(always)]
+pub fn charge_bounce_bucket(
+    state: &mut SourceState,
+    policy: &Policy,
+    storm: bool,
+    now: u64,
+) -> BounceVerdict {
+    if !policy.bounce.enabled() {
         return BounceVerdict::Counted;
     }
     let gcra = if storm {
@@ -191,8 +217,6 @@ pub fn charge_bounces(
     } else {
         &policy.bounce
     };
-    // A segment is one limiter event however many null-sender commands it pipelines (each is
-    // still counted above): one charge keeps the kernel's path free of a data-dependent loop.
     match gcra.admit(state.bounce_tat, now) {
         Some(tat) => {
             state.bounce_tat = tat;
@@ -409,5 +433,34 @@ mod tests {
             BounceVerdict::Counted
         );
         assert_eq!(st.bounces, 100);
+    }
+
+    #[test]
+    fn judged_bounces_are_only_counted_by_the_kernel_path() {
+        let mut p = policy();
+        p.bounce = Gcra::new(180 * S, 2);
+        p.bounce_storm = Gcra::tightened(180 * S, 2, 4);
+        p.flags |= crate::policy_flags::BOUNCES_JUDGED;
+        for storm in [false, true] {
+            let mut st = SourceState::default();
+            for _ in 0..50 {
+                assert_eq!(
+                    charge_bounces(&mut st, &p, storm, 3, S),
+                    BounceVerdict::Counted
+                );
+            }
+            assert_eq!(
+                (st.bounces, st.bounce_tat),
+                (150, 0),
+                "counted, never charged"
+            );
+            // What the policy service charges still meets the limit, tighter in a storm.
+            let allowed = (0..10)
+                .take_while(|_| {
+                    charge_bounce_bucket(&mut st, &p, storm, S) == BounceVerdict::Counted
+                })
+                .count();
+            assert_eq!(allowed, if storm { 1 } else { 2 });
+        }
     }
 }

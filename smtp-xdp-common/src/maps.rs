@@ -201,6 +201,10 @@ impl Ban {
 pub mod policy_flags {
     /// Monitor mode: count what would be dropped, drop nothing.
     pub const DRY_RUN: u32 = 1;
+    /// BATV is on: bounces are judged by the policy service, which sees the recipient and its
+    /// tag. The kernel, which cannot check a signature, only counts them (totals, per-source
+    /// `bounces`, storm detection) and never charges a bounce bucket or bans for them.
+    pub const BOUNCES_JUDGED: u32 = 2;
 }
 
 /// The live policy (`POLICY[0]`). The controller rewrites it whole, at any time.
@@ -241,6 +245,12 @@ impl Policy {
     #[inline(always)]
     pub fn dry_run(&self) -> bool {
         self.flags & policy_flags::DRY_RUN != 0
+    }
+
+    /// Whether bounces are judged by the policy service (BATV), not charged by the kernel.
+    #[inline(always)]
+    pub fn bounces_judged(&self) -> bool {
+        self.flags & policy_flags::BOUNCES_JUDGED != 0
     }
 }
 
@@ -390,10 +400,23 @@ pub enum UserCounter {
     /// instead of walking a table of a million entries.
     CensusTracked,
     CensusAt,
+    /// Bounces judged by their BATV tag (one per recipient): a valid tag.
+    BatvValid,
+    /// No, an invalid or an expired tag (refused in enforce mode).
+    BatvBackscatter,
+    /// Untagged, accepted in the grace period.
+    BatvUntaggedGrace,
+    /// To a recipient that takes untagged bounces (postmaster, abuse, ...).
+    BatvExempt,
+    /// Senders signed by the socketmap service.
+    BatvSignatures,
+    SocketmapRequests,
+    /// Socketmap connections or requests refused (malformed, oversized, timed out, unknown map).
+    SocketmapErrors,
 }
 
 impl UserCounter {
-    pub const COUNT: u32 = UserCounter::CensusAt as u32 + 1;
+    pub const COUNT: u32 = UserCounter::SocketmapErrors as u32 + 1;
 }
 
 /// Event kinds on the `EVENTS` ring buffer.
@@ -406,8 +429,10 @@ pub mod event_kind {
     pub const BOUNCE_LIMIT: u32 = 3;
     /// Monitor mode would have banned a source (fields as for [`BAN`]).
     pub const WOULD_BAN: u32 = 4;
+    /// A bounce without a valid BATV tag (from the policy service only; never on the ring).
+    pub const BACKSCATTER: u32 = 5;
     /// One more than the highest kind.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// One ring-buffer event (48 bytes, no padding).

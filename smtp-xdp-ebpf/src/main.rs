@@ -474,7 +474,8 @@ extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Port-25 client payload: count null-sender commands, and ban a source over its bounce limit.
+/// Port-25 client payload: count null-sender commands, and ban a source over its bounce limit
+/// (with BATV on, only count: the policy service judges each bounce by its recipient's tag).
 #[inline(always)]
 fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     let len = seg.payload_len;

@@ -150,6 +150,58 @@ pub enum Command {
         #[command(flatten)]
         json: Json,
     },
+    /// BATV: sign or check an address, rotate the keys (from the key file; no running
+    /// controller needed).
+    Batv {
+        #[command(subcommand)]
+        op: BatvOp,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BatvOp {
+    /// Print the signed form of a sender address, as Postfix's sender_canonical_maps gets it.
+    Sign {
+        /// The envelope sender, local@domain.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        #[command(flatten)]
+        keys: BatvKeys,
+    },
+    /// Check an address's tag: valid (exit 0), or why not (exit 1).
+    Check {
+        /// A tagged address, prvs=KDDDSSSSSS=local@domain.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        #[command(flatten)]
+        keys: BatvKeys,
+    },
+    /// Add a new signing key (the next key number); older keys still verify until the tags
+    /// they signed have expired. Reload the controller afterwards.
+    Rotate {
+        #[command(flatten)]
+        keys: BatvKeys,
+    },
+}
+
+/// Where the BATV keys and settings come from: the config file, overridden by these flags.
+#[derive(Args)]
+pub struct BatvKeys {
+    /// Config file [default: /etc/smtp-xdp/smtp-xdp.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The key file [default: batv.keys in state-dir].
+    #[arg(long, value_name = "FILE")]
+    pub batv_key_file: Option<String>,
+    /// Where a relative key file is [default: /var/lib/smtp-xdp].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// Domains that are signed, comma-separated.
+    #[arg(long, value_name = "DOMAINS")]
+    pub batv_domains: Option<String>,
+    /// Recipients never signed and always taking untagged bounces [default: postmaster,abuse].
+    #[arg(long, value_name = "RECIPIENTS")]
+    pub batv_exempt_recipients: Option<String>,
 }
 
 /// What `top` ranks by.
@@ -322,6 +374,29 @@ pub struct RunArgs {
     /// [default: none].
     #[arg(long, value_name = "FILES")]
     pub deny_files: Option<String>,
+    /// Postfix socketmap service (BATV sign and strip maps): HOST:PORT or unix:/path, or "off"
+    /// [default: off].
+    #[arg(long, value_name = "LISTEN")]
+    pub socketmap_listen: Option<String>,
+    /// Domains whose senders are BATV-signed and whose bounces are judged by their tag,
+    /// comma-separated; BATV is off without [default: none].
+    #[arg(long, value_name = "DOMAINS")]
+    pub batv_domains: Option<String>,
+    /// The BATV key file, created with a random key when missing; relative to state-dir
+    /// [default: batv.keys].
+    #[arg(long, value_name = "FILE")]
+    pub batv_key_file: Option<String>,
+    /// monitor (backscatter counted and logged) or enforce (refused with 550 5.7.1 and charged)
+    /// [default: monitor].
+    #[arg(long, value_name = "MODE")]
+    pub batv_mode: Option<String>,
+    /// How long after BATV is first switched on untagged bounces are only counted [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    pub batv_grace: Option<String>,
+    /// Recipients never signed and always taking untagged bounces: local parts or addresses,
+    /// comma-separated [default: postmaster,abuse].
+    #[arg(long, value_name = "RECIPIENTS")]
+    pub batv_exempt_recipients: Option<String>,
     /// On SIGTERM/SIGINT leave the program attached and the state pinned (for upgrades and
     /// restarts without a gap).
     #[arg(long)]
@@ -364,6 +439,12 @@ impl RunArgs {
             ("save-interval", &self.save_interval),
             ("log-format", &self.log_format),
             ("deny-files", &self.deny_files),
+            ("socketmap-listen", &self.socketmap_listen),
+            ("batv-domains", &self.batv_domains),
+            ("batv-key-file", &self.batv_key_file),
+            ("batv-mode", &self.batv_mode),
+            ("batv-grace", &self.batv_grace),
+            ("batv-exempt-recipients", &self.batv_exempt_recipients),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))

@@ -89,6 +89,31 @@ impl FromStr for PolicyAction {
     }
 }
 
+/// What BATV does with backscatter (a bounce to an address without a valid tag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatvMode {
+    /// Counted and logged; accepted.
+    Monitor,
+    /// Refused with `550 5.7.1` and charged to the source's bounce bucket.
+    Enforce,
+}
+
+impl FromStr for BatvMode {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "monitor" => Ok(BatvMode::Monitor),
+            "enforce" => Ok(BatvMode::Enforce),
+            _ => Err(ValueError::Other {
+                what: "BATV mode",
+                value: s.into(),
+                hint: "use monitor or enforce",
+            }),
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +205,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Denylist files the controller loads at start, on SIGHUP and when they change on disk.
     pub deny_files: Vec<PathBuf>,
+    /// Postfix socketmap service (the BATV sign and strip maps).
+    pub socketmap_listen: Option<Listen>,
+    /// Lowercase domains signed and judged by BATV; empty = BATV off.
+    pub batv_domains: Vec<String>,
+    /// The BATV key file; a relative path is taken in `state_dir`.
+    pub batv_key_file: PathBuf,
+    pub batv_mode: BatvMode,
+    pub batv_grace: Duration,
+    /// Local parts (in every BATV domain) or whole addresses that take untagged bounces.
+    pub batv_exempt_recipients: Vec<String>,
 }
 
 impl Default for Settings {
@@ -215,6 +250,12 @@ impl Default for Settings {
             save_interval: Duration::secs(60),
             log_format: LogFormat::Human,
             deny_files: Vec::new(),
+            socketmap_listen: None,
+            batv_domains: Vec::new(),
+            batv_key_file: PathBuf::from("batv.keys"),
+            batv_mode: BatvMode::Monitor,
+            batv_grace: Duration::secs(7 * 86_400),
+            batv_exempt_recipients: vec!["postmaster".into(), "abuse".into()],
         }
     }
 }
@@ -238,6 +279,57 @@ pub fn parse_optional_listen(s: &str) -> Result<Option<Listen>, ValueError> {
     } else {
         s.parse().map(Some)
     }
+}
+
+/// A list of domains: comma- or space-separated, each a host name (lowercased).
+pub fn parse_domains(s: &str) -> Result<Vec<String>, ValueError> {
+    list_items(s)
+        .map(|d| {
+            let d = d.to_ascii_lowercase();
+            let ok = d.len() <= 253
+                && d.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if ok {
+                Ok(d)
+            } else {
+                Err(ValueError::Other {
+                    what: "domain",
+                    value: d,
+                    hint: "use domain names separated by commas, e.g. example.org,example.net",
+                })
+            }
+        })
+        .collect()
+}
+
+/// A list of recipients: local parts (`postmaster`) or whole addresses (`lists@example.org`).
+pub fn parse_recipients(s: &str) -> Result<Vec<String>, ValueError> {
+    list_items(s)
+        .map(|r| {
+            let ok = r.len() <= 254
+                && r.split('@').count() <= 2
+                && r.split('@').all(|p| !p.is_empty())
+                && !r.bytes().any(|b| b.is_ascii_control() || b == b'"');
+            if ok {
+                Ok(r.to_ascii_lowercase())
+            } else {
+                Err(ValueError::Other {
+                    what: "recipient",
+                    value: r.into(),
+                    hint: "use local parts or addresses separated by commas, e.g. postmaster,abuse,lists@example.org",
+                })
+            }
+        })
+        .collect()
+}
+
+fn list_items(s: &str) -> impl Iterator<Item = &str> {
+    s.split([',', ' ', '\t']).filter(|x| !x.is_empty())
 }
 
 /// A config file's settings as `(key, value)` pairs, in file order. Every key is checked by
@@ -405,7 +497,25 @@ impl Settings {
             return bad("save-interval must be at least 1s".into());
         }
         units::check_ports(&self.ports).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.batv_on() {
+            if self.policy_listen.is_none() {
+                return bad("batv-domains needs policy-listen: with BATV on, the policy service judges bounces by their tag and the kernel only counts them".into());
+            }
+            if self.socketmap_listen.is_none() {
+                return bad("batv-domains needs socketmap-listen: Postfix signs senders and strips tags through it".into());
+            }
+        }
         Ok(())
+    }
+
+    /// Whether BATV is on (some domain is configured).
+    pub fn batv_on(&self) -> bool {
+        !self.batv_domains.is_empty()
+    }
+
+    /// The BATV key file (a relative `batv-key-file` is in `state-dir`).
+    pub fn batv_key_path(&self) -> PathBuf {
+        self.state_dir.join(&self.batv_key_file)
     }
 
     /// The kernel policy for these settings.
@@ -438,6 +548,10 @@ impl Settings {
             ipv6_prefix: self.ipv6_prefix,
             flags: if self.dry_run {
                 policy_flags::DRY_RUN
+            } else {
+                0
+            } | if self.batv_on() {
+                policy_flags::BOUNCES_JUDGED
             } else {
                 0
             },
@@ -501,6 +615,28 @@ impl Settings {
             "save-interval" => self.save_interval = value.parse()?,
             "log-format" => self.log_format = value.parse()?,
             "deny-files" => self.deny_files = parse_files(value)?,
+            "socketmap-listen" => self.socketmap_listen = parse_optional_listen(value)?,
+            "batv-domains" => {
+                self.batv_domains = if is_off(value) {
+                    Vec::new()
+                } else {
+                    parse_domains(value)?
+                }
+            }
+            "batv-key-file" => {
+                let v = value.trim();
+                if v.is_empty() {
+                    return Err(ValueError::Other {
+                        what: "batv-key-file",
+                        value: value.into(),
+                        hint: "give a file path (relative paths are in state-dir)",
+                    });
+                }
+                self.batv_key_file = PathBuf::from(v)
+            }
+            "batv-mode" => self.batv_mode = value.parse()?,
+            "batv-grace" => self.batv_grace = value.parse()?,
+            "batv-exempt-recipients" => self.batv_exempt_recipients = parse_recipients(value)?,
             "rate" => self.rate = value.parse()?,
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
@@ -624,6 +760,18 @@ impl Settings {
                     .map(|p| s(p.display().to_string()))
                     .collect(),
             ),
+            "socketmap-listen" => opt_listen(&self.socketmap_listen),
+            "batv-domains" => V::Array(self.batv_domains.iter().cloned().map(s).collect()),
+            "batv-key-file" => s(self.batv_key_file.display().to_string()),
+            "batv-mode" => s(match self.batv_mode {
+                BatvMode::Monitor => "monitor",
+                BatvMode::Enforce => "enforce",
+            }
+            .into()),
+            "batv-grace" => s(self.batv_grace.to_string()),
+            "batv-exempt-recipients" => {
+                V::Array(self.batv_exempt_recipients.iter().cloned().map(s).collect())
+            }
             _ => return None,
         })
     }
@@ -634,7 +782,10 @@ impl Settings {
             Some(toml::Value::String(s)) => s,
             Some(toml::Value::Array(a)) => a
                 .iter()
-                .map(|v| v.to_string())
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             Some(v) => v.to_string(),
@@ -670,6 +821,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "xdp-mode",
     "policy-listen",
     "metrics-listen",
+    "socketmap-listen",
     "state-dir",
     "log-format",
 ];
@@ -706,6 +858,12 @@ pub const ALL_KEYS: &[&str] = &[
     "save-interval",
     "log-format",
     "deny-files",
+    "socketmap-listen",
+    "batv-domains",
+    "batv-key-file",
+    "batv-mode",
+    "batv-grace",
+    "batv-exempt-recipients",
 ];
 
 /// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
@@ -875,6 +1033,59 @@ mod tests {
         assert!(s.apply_key("deny-files", "drop.txt").is_err());
         s.apply_key("deny-files", "off").unwrap();
         assert!(s.deny_files.is_empty());
+    }
+
+    #[test]
+    fn batv_keys() {
+        let mut s = Settings::default();
+        assert!(!s.batv_on());
+        assert_eq!(s.policy().flags & policy_flags::BOUNCES_JUDGED, 0);
+        s.apply_key("batv-domains", "Example.ORG, example.net")
+            .unwrap();
+        assert_eq!(s.batv_domains, ["example.org", "example.net"]);
+        assert!(s.batv_on());
+        assert_eq!(
+            s.policy().flags & policy_flags::BOUNCES_JUDGED,
+            policy_flags::BOUNCES_JUDGED
+        );
+        for bad in [
+            "ex_ample.org",
+            "a..b",
+            ".org",
+            "x@y.org",
+            "ok.org,b\u{e9}d.org",
+        ] {
+            assert!(
+                Settings::default().apply_key("batv-domains", bad).is_err(),
+                "{bad}"
+            );
+        }
+        let mut off = s.clone();
+        off.apply_key("batv-domains", "off").unwrap();
+        assert!(!off.batv_on());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("needs policy-listen"), "{e}");
+        s.apply_key("policy-listen", "127.0.0.1:10040").unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("needs socketmap-listen"), "{e}");
+        s.apply_key("socketmap-listen", "127.0.0.1:10041").unwrap();
+        s.validate().unwrap();
+        s.apply_key("batv-mode", "enforce").unwrap();
+        assert!(s.apply_key("batv-mode", "strict").is_err());
+        s.apply_key("batv-grace", "0s").unwrap();
+        assert_eq!(s.batv_grace, Duration(0));
+        s.apply_key("batv-exempt-recipients", "postmaster,Lists@Example.org")
+            .unwrap();
+        assert_eq!(
+            s.batv_exempt_recipients,
+            ["postmaster", "lists@example.org"]
+        );
+        assert!(s.apply_key("batv-exempt-recipients", "a@b@c").is_err());
+        assert!(s.apply_key("batv-key-file", " ").is_err());
+        s.apply_key("state-dir", "/var/lib/x").unwrap();
+        assert_eq!(s.batv_key_path(), Path::new("/var/lib/x/batv.keys"));
+        s.apply_key("batv-key-file", "/etc/smtp-xdp/keys").unwrap();
+        assert_eq!(s.batv_key_path(), Path::new("/etc/smtp-xdp/keys"));
     }
 
     #[test]

@@ -134,6 +134,7 @@ fn event_name(kind: u32) -> &'static str {
         event_kind::WOULD_BAN => "would_ban",
         event_kind::FIRST_DROP => "first_drop",
         event_kind::BOUNCE_LIMIT => "bounce_limit",
+        event_kind::BACKSCATTER => "backscatter",
         _ => "unknown",
     }
 }
@@ -149,7 +150,9 @@ impl EventLog {
     }
 
     /// Whether a line for this event may be written now; if not, it is counted for the summary.
-    fn admit(&mut self, ev: &Event, source: &str, now: Instant) -> bool {
+    /// Also for lines other services write about events of their own kind (the policy service's
+    /// backscatter lines).
+    pub fn admit(&mut self, ev: &Event, source: &str, now: Instant) -> bool {
         let is_ban = matches!(ev.kind, event_kind::BAN | event_kind::WOULD_BAN);
         let repeat_key = (ev.kind, ev.key);
         let repeat = !is_ban

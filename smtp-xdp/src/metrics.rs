@@ -425,6 +425,31 @@ impl Collector for Exporter {
             s.user(UserCounter::PolicyRequests),
         )?;
         counter(&mut enc, "policy_errors", "Postfix policy connections or requests refused (malformed, oversized, timed out, too many).", s.user(UserCounter::PolicyErrors))?;
+        counters(
+            &mut enc,
+            "batv_bounces",
+            "Bounces to BATV domains judged by their recipient's tag (one per recipient), by verdict.",
+            [
+                ("valid", UserCounter::BatvValid),
+                ("backscatter", UserCounter::BatvBackscatter),
+                ("untagged_grace", UserCounter::BatvUntaggedGrace),
+                ("exempt", UserCounter::BatvExempt),
+            ]
+            .map(|(verdict, c)| (vec![("verdict", verdict.to_string())], s.user(c))),
+        )?;
+        counter(
+            &mut enc,
+            "batv_signatures",
+            "Envelope senders signed with a BATV tag (socketmap batv-sign answers).",
+            s.user(UserCounter::BatvSignatures),
+        )?;
+        counter(
+            &mut enc,
+            "socketmap_requests",
+            "Postfix socketmap lookups answered.",
+            s.user(UserCounter::SocketmapRequests),
+        )?;
+        counter(&mut enc, "socketmap_errors", "Postfix socketmap connections or requests refused (malformed, oversized, timed out, too many, unknown map).", s.user(UserCounter::SocketmapErrors))?;
         if let Some(p) = &s.policy {
             gauge(
                 &mut enc,
@@ -540,6 +565,10 @@ pub const FAMILIES: &[&str] = &[
     "smtp_xdp_storms_total",
     "smtp_xdp_policy_requests_total",
     "smtp_xdp_policy_errors_total",
+    "smtp_xdp_batv_bounces_total",
+    "smtp_xdp_batv_signatures_total",
+    "smtp_xdp_socketmap_requests_total",
+    "smtp_xdp_socketmap_errors_total",
     "smtp_xdp_policy_syn_rate_per_second",
     "smtp_xdp_policy_syn_burst",
     "smtp_xdp_policy_bounce_rate_per_second",

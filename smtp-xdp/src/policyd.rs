@@ -3,7 +3,9 @@
 //!
 //! A request with an empty `sender` is a bounce. Postfix sees it after TLS, where the kernel only
 //! sees ciphertext, so this path feeds the same per-source bounce counting and penalty box.
-//! Plaintext port-25 bounces are already counted by the kernel and are not counted twice.
+//! Plaintext port-25 bounces are already counted by the kernel and are not counted twice. With
+//! BATV on, the kernel only counts and this service charges: it sees the recipient, and so the
+//! tag that tells a real bounce from backscatter.
 //!
 //! Robustness: lines, requests and attribute counts are bounded, connections are limited in
 //! number and time, and a malformed request closes its connection with a log line.
@@ -23,8 +25,9 @@ use smtp_xdp_common::{
     event_kind, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
 };
 
+pub use crate::listener::{bind, Bound};
 use crate::{
-    config::Listen,
+    batv::{Backscatter, Verdict},
     maps::{addr_key, Maps, MapsError},
 };
 
@@ -99,16 +102,28 @@ impl Request {
 pub enum Answer {
     Dunno,
     Defer,
+    /// BATV in enforce mode: a bounce that answers mail we did not send.
+    Refuse(Backscatter),
 }
 
 pub const DEFER_TEXT: &str =
     "450 4.7.1 Too many bounces (null-sender messages) from your address, try again later";
+
+/// Why backscatter is refused, in words a remote postmaster understands.
+pub fn refusal_text(why: Backscatter) -> &'static str {
+    match why {
+        Backscatter::Untagged => "550 5.7.1 Backscatter: we sign the envelope sender of all our mail (BATV) and this address has no tag, so this bounce is for a message we did not send",
+        Backscatter::Invalid => "550 5.7.1 Backscatter: the BATV tag of this address is forged or damaged, so this bounce is for a message we did not send",
+        Backscatter::Expired => "550 5.7.1 Backscatter: the BATV tag of this address expired (tags are valid for 7 days), so this bounce is too late or for a message we did not send",
+    }
+}
 
 impl Answer {
     pub fn line(&self) -> String {
         match self {
             Answer::Dunno => "action=DUNNO\n\n".into(),
             Answer::Defer => format!("action={DEFER_TEXT}\n\n"),
+            Answer::Refuse(why) => format!("action={}\n\n", refusal_text(*why)),
         }
     }
 }
@@ -263,29 +278,6 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A bound policy listener.
-pub enum Bound {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-/// Binds the policy listener (so a taken address fails the start, not a background task).
-pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
-    match listen {
-        Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
-        Listen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = tokio::net::UnixListener::bind(path)?;
-            // Postfix's smtpd runs as user postfix: the socket must be reachable by it, and by
-            // nobody else (its directory, e.g. /var/spool/postfix/private, restricts further).
-            std::os::unix::fs::chown(path, postfix_uid(), None).ok();
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(Bound::Unix(l))
-        }
-    }
-}
-
 /// Accepts connections until the task is dropped.
 pub async fn serve(bound: Bound, handler: Arc<dyn Handler>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -304,13 +296,6 @@ pub async fn serve(bound: Bound, handler: Arc<dyn Handler>, limits: Limits) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn postfix_uid() -> Option<u32> {
-    let name = c"postfix";
-    // SAFETY: getpwnam with a valid C string; the result is read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    (!pw.is_null()).then(|| unsafe { (*pw).pw_uid })
 }
 
 fn spawn_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -410,6 +395,71 @@ pub fn allowlisted(maps: &Maps, addr: IpAddr) -> bool {
     }
 }
 
+/// How one request's bounce is treated, from its BATV verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Treatment {
+    pub charge: Charge,
+    /// Refuse it (BATV in enforce mode, backscatter).
+    pub refuse: Option<Backscatter>,
+    /// An answer of `450` is possible (the source is over its bounce limit or banned for
+    /// bounces): never for a valid bounce.
+    pub may_defer: bool,
+}
+
+/// The treatment of a request. Each message is counted and charged once (at its first
+/// recipient); a bounce the kernel saw in plaintext is not counted again. A valid bounce is never
+/// charged; backscatter in enforce mode is refused and charged; anything else (monitor mode, the
+/// grace period, exempt recipients, domains without BATV, BATV off) is charged like every bounce
+/// is without BATV, by this service alone when the kernel only counts.
+pub fn treat(req: &Request, policy: &Policy, verdict: Verdict, enforce: bool) -> Treatment {
+    if !req.is_bounce() {
+        return Treatment {
+            charge: Charge::default(),
+            refuse: None,
+            may_defer: false,
+        };
+    }
+    let first = req.new_message;
+    let unseen = !req.kernel_saw_it();
+    let count = first && unseen;
+    match verdict {
+        Verdict::Valid => Treatment {
+            charge: Charge {
+                count,
+                charge: false,
+            },
+            refuse: None,
+            may_defer: false,
+        },
+        Verdict::Backscatter(why) if enforce => Treatment {
+            charge: Charge {
+                count,
+                charge: first,
+            },
+            refuse: Some(why),
+            may_defer: false,
+        },
+        _ => Treatment {
+            charge: Charge {
+                count,
+                charge: first && (unseen || policy.bounces_judged()),
+            },
+            refuse: None,
+            may_defer: true,
+        },
+    }
+}
+
+/// What recording a bounce does to its source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charge {
+    /// Count it in the totals (the source's `bounces`, the policy's bounce counter): for bounces
+    /// the kernel could not see.
+    pub count: bool,
+    /// Charge it to the source's bounce bucket.
+    pub charge: bool,
+}
+
 /// Records one bounce reported by Postfix for `addr` with the shared decision logic: its count,
 /// its bounce bucket and, over the limit, a ban with reason "bounces". Also reports whether the
 /// source is serving a ban (for the answer). Events go to `events`.
@@ -421,20 +471,28 @@ pub fn record_bounce(
     addr: IpAddr,
     policy: &Policy,
     storm: bool,
-    count: bool,
+    what: Charge,
     now: u64,
     events: &mut Vec<Event>,
 ) -> Result<Recorded, MapsError> {
     let key = addr_key(addr, policy);
     let mut over_limit = false;
     let mut bounces = 0;
-    if count {
+    if what.count || what.charge {
         let mut st = maps.source(&key)?.unwrap_or_else(SourceState::default);
-        over_limit =
-            decide::charge_bounces(&mut st, policy, storm, 1, now) == BounceVerdict::OverLimit;
+        if what.count {
+            decide::count_bounces(&mut st, 1, now);
+        }
+        if what.charge {
+            st.last_seen = now;
+            over_limit = decide::charge_bounce_bucket(&mut st, policy, storm, now)
+                == BounceVerdict::OverLimit;
+        }
         bounces = st.bounces;
         maps.set_source(&key, &st)?;
-        maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
+        if what.count {
+            maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
+        }
     }
     let mut env = UserBans {
         maps,
@@ -595,6 +653,82 @@ mod tests {
             for a in out.split_terminator("\n\n") {
                 proptest::prop_assert!(a == "action=DUNNO" || a == format!("action={DEFER_TEXT}"), "{a:?}");
             }
+        }
+    }
+
+    #[test]
+    fn treatment_by_verdict() {
+        let mk = |sender: &str, port: &str, tls: &str, first: bool| Request {
+            attrs: [
+                ("sender", sender),
+                ("server_port", port),
+                ("encryption_protocol", tls),
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+            new_message: first,
+        };
+        let mut judged = Policy {
+            flags: smtp_xdp_common::policy_flags::BOUNCES_JUDGED,
+            ..crate::config::Settings::default().policy()
+        };
+        let plain = mk("", "25", "", true);
+        let tls = mk("", "25", "TLSv1.3", true);
+        let c = |count, charge| Charge { count, charge };
+        use Verdict::*;
+        // A valid bounce: counted where the kernel could not see it, never charged, never 450.
+        for (r, count) in [(&plain, false), (&tls, true)] {
+            let t = treat(r, &judged, Valid, true);
+            assert_eq!(
+                (t.charge, t.refuse, t.may_defer),
+                (c(count, false), None, false)
+            );
+        }
+        // Backscatter in enforce mode: refused and charged, in plaintext too (the kernel only
+        // counted it).
+        let bs = Backscatter(super::Backscatter::Untagged);
+        let t = treat(&plain, &judged, bs, true);
+        assert_eq!(
+            (t.charge, t.refuse),
+            (c(false, true), Some(super::Backscatter::Untagged))
+        );
+        let t = treat(&tls, &judged, bs, true);
+        assert_eq!(t.charge, c(true, true));
+        // Monitor mode, grace, exempt, other domains: charged like any bounce, never refused.
+        for v in [bs, UntaggedGrace, Exempt, NotOurs] {
+            let t = treat(&plain, &judged, v, false);
+            assert_eq!(
+                (t.charge, t.refuse, t.may_defer),
+                (c(false, true), None, true),
+                "{v:?}"
+            );
+        }
+        // Later recipients of the same message: nothing more is counted or charged.
+        let t = treat(&mk("", "25", "TLSv1.3", false), &judged, bs, true);
+        assert_eq!((t.charge, t.refuse.is_some()), (c(false, false), true));
+        // Without BATV the kernel charges plaintext bounces itself.
+        judged.flags = 0;
+        assert_eq!(
+            treat(&plain, &judged, NotOurs, false).charge,
+            c(false, false)
+        );
+        assert_eq!(treat(&tls, &judged, NotOurs, false).charge, c(true, true));
+        // Not a bounce: nothing.
+        let t = treat(&mk("a@b", "25", "", true), &judged, NotOurs, true);
+        assert_eq!((t.charge, t.may_defer), (c(false, false), false));
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_say_why() {
+        for why in [
+            super::Backscatter::Untagged,
+            super::Backscatter::Invalid,
+            super::Backscatter::Expired,
+        ] {
+            let line = Answer::Refuse(why).line();
+            assert!(line.starts_with("action=550 5.7.1 Backscatter: "), "{line}");
+            assert!(line.contains("BATV") && line.ends_with("\n\n"), "{line}");
         }
     }
 

@@ -66,6 +66,9 @@ pub struct StateFile {
     /// `deny-files` keeps (it replaces the rest of the list). Always a subset of `deny`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_added: Vec<String>,
+    /// Unix time BATV was first switched on (the start of its grace period); kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batv_since: Option<u64>,
 }
 
 /// One live `set` change.
@@ -178,6 +181,7 @@ impl StateFile {
             deny: names(List::Deny)?,
             overrides: BTreeMap::new(),
             deny_added: Vec::new(),
+            batv_since: None,
         })
     }
 
@@ -320,7 +324,7 @@ impl StateFile {
 }
 
 /// Saves what the pins hold to `path`, carrying over what only the file holds (the live
-/// overrides) from the file on disk, after `edit` had its say. The caller holds the
+/// overrides, BATV's start) from the file on disk, after `edit` had its say. The caller holds the
 /// interface's write lock (`pins::lists_lock`) since its change to the pins.
 ///
 /// A file on disk that is newer than this build is never overwritten; a damaged one is.
@@ -339,6 +343,7 @@ pub fn save_from_pins(
     if let Some(p) = previous {
         file.overrides = p.overrides;
         file.deny_added = p.deny_added;
+        file.batv_since = p.batv_since;
     }
     edit(&mut file);
     // Hand-added entries no longer listed (removed, or replaced by a `deny load`) are forgotten.
@@ -434,6 +439,7 @@ mod tests {
             deny: vec!["2001:db8::/32".into()],
             overrides: BTreeMap::new(),
             deny_added: vec!["2001:db8::/32".into()],
+            batv_since: Some(1_794_000_000),
         }
     }
 

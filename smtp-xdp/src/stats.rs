@@ -42,6 +42,13 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
     (UserCounter::StateSaveFailures, "state_save_failures"),
     (UserCounter::CensusTracked, "census_tracked"),
     (UserCounter::CensusAt, "census_at"),
+    (UserCounter::BatvValid, "batv_valid"),
+    (UserCounter::BatvBackscatter, "batv_backscatter"),
+    (UserCounter::BatvUntaggedGrace, "batv_untagged_grace"),
+    (UserCounter::BatvExempt, "batv_exempt"),
+    (UserCounter::BatvSignatures, "batv_signatures"),
+    (UserCounter::SocketmapRequests, "socketmap_requests"),
+    (UserCounter::SocketmapErrors, "socketmap_errors"),
 ];
 
 impl Snapshot {

@@ -155,6 +155,70 @@ fn bounce_flooder_is_banned_and_storm_tightens_the_limit() {
 }
 
 #[test]
+fn with_batv_the_kernel_only_counts_and_the_policy_service_charges() {
+    require_bpf!();
+    let s = Settings {
+        batv_domains: vec!["example.test".into()],
+        policy_listen: Some("127.0.0.1:10040".parse().unwrap()),
+        socketmap_listen: Some("127.0.0.1:10041".parse().unwrap()),
+        ..settings(2)
+    };
+    let mut k = Kernel::load(&s);
+    let relay = "198.18.45.1";
+    let key = addr_key(relay.parse().unwrap(), &k.policy());
+    for storm in [false, true] {
+        k.maps.set_storm(storm).unwrap();
+        for _ in 0..50 {
+            assert_eq!(bounces(&k, relay, 25, b"MAIL FROM:<>\r\n"), (XDP_PASS, 1));
+        }
+    }
+    // Counted (totals, the source's own count), never charged or banned: a valid bounce must
+    // never move its relay towards a ban, and only the policy service can tell.
+    let st = k.maps.source(&key).unwrap().expect("tracked");
+    assert_eq!((st.bounces, st.bounce_tat), (100, 0));
+    assert_eq!(k.counter(Counter::BansBounces), 0);
+    assert_eq!(k.run(&Frame::syn(relay, 25).build()), XDP_PASS);
+    // The policy service charges what it judges backscatter to the same bucket: in the storm
+    // the burst of 2 tightens to 1, and the relay is banned in the kernel.
+    let policy = k.policy();
+    let mut events = Vec::new();
+    let charge = smtp_xdp::policyd::Charge {
+        count: false,
+        charge: true,
+    };
+    let now = smtp_xdp::clock::boot_ns();
+    let addr = relay.parse().unwrap();
+    let first = smtp_xdp::policyd::record_bounce(
+        &mut k.maps,
+        addr,
+        &policy,
+        true,
+        charge,
+        now,
+        &mut events,
+    )
+    .unwrap();
+    assert!(!first.over_limit);
+    let second = smtp_xdp::policyd::record_bounce(
+        &mut k.maps,
+        addr,
+        &policy,
+        true,
+        charge,
+        now,
+        &mut events,
+    )
+    .unwrap();
+    assert!(second.over_limit && second.banned.is_some());
+    assert_eq!(k.run(&Frame::syn(relay, 25).build()), XDP_DROP);
+    assert_eq!(
+        k.maps.source(&key).unwrap().unwrap().bounces,
+        100,
+        "not counted twice"
+    );
+}
+
+#[test]
 fn allowlisted_sources_bounce_freely() {
     require_bpf!();
     let mut k = Kernel::load(&settings(1));

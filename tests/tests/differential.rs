@@ -13,7 +13,7 @@ use smtp_xdp::{
 use smtp_xdp_common::{Ban, Counter};
 use smtp_xdp_tests::{gen, model::Model, require_bpf, Kernel, XDP_DROP};
 
-fn settings(dry_run: bool) -> Settings {
+fn settings(dry_run: bool, batv: bool) -> Settings {
     // Hour-scale rates and windows: a decision never depends on the microseconds between the
     // kernel's clock and the model's.
     Settings {
@@ -28,12 +28,20 @@ fn settings(dry_run: bool) -> Settings {
         global_rate: Some(Rate::per_hour(1)),
         global_burst: 3000,
         dry_run,
+        // BATV on: the kernel only counts bounces (the policy service charges them).
+        batv_domains: if batv {
+            vec!["example.test".into()]
+        } else {
+            Vec::new()
+        },
+        policy_listen: batv.then(|| "127.0.0.1:10040".parse().unwrap()),
+        socketmap_listen: batv.then(|| "127.0.0.1:10041".parse().unwrap()),
         ..Settings::default()
     }
 }
 
-fn run(seed: u64, frames: u64, dry_run: bool) {
-    let s = settings(dry_run);
+fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
+    let s = settings(dry_run, batv);
     let mut k = Kernel::load(&s);
     let mut m = Model::new(&s, smtp_xdp_common::DEFAULT_MAX_BANS as usize);
     // Lists and a manual ban, identical on both sides.
@@ -69,7 +77,7 @@ fn run(seed: u64, frames: u64, dry_run: bool) {
         }
         if dry_run && i == frames * 3 / 4 {
             // Monitor mode ends: would-bans must stop counting on both sides alike.
-            let enforce = settings(false);
+            let enforce = settings(false, batv);
             k.set(&enforce);
             m.policy = enforce.policy();
         }
@@ -176,7 +184,7 @@ fn a_million_random_frames_agree_with_the_model() {
     require_bpf!();
     let seed = seed();
     println!("differential: seed {seed} (replay with SMTP_XDP_SEED={seed})");
-    run(seed, frames(1_000_000), false);
+    run(seed, frames(1_000_000), false, false);
 }
 
 #[test]
@@ -184,5 +192,13 @@ fn monitor_mode_agrees_with_the_model() {
     require_bpf!();
     let seed = seed().wrapping_add(1);
     println!("differential (dry run): seed {seed}");
-    run(seed, frames(100_000), true);
+    run(seed, frames(100_000), true, false);
+}
+
+#[test]
+fn batv_mode_agrees_with_the_model() {
+    require_bpf!();
+    let seed = seed().wrapping_add(2);
+    println!("differential (BATV: bounces only counted): seed {seed}");
+    run(seed, frames(100_000), false, true);
 }

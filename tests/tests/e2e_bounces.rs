@@ -126,5 +126,15 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
         lab.controller_log().contains("source banned"),
         "ban events logged"
     );
+    // The policy path's bounce-limit line carries the source's real count (the 4th bounce).
+    assert!(
+        lab.controller_log()
+            .lines()
+            .any(|l| l.contains("bounce_limit")
+                && l.contains("origin=\"policy\"")
+                && l.contains("bounces=4")),
+        "{}",
+        lab.controller_log()
+    );
     lab.stop_controller(pid);
 }

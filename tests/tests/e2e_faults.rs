@@ -200,8 +200,10 @@ fn a_state_save_killed_half_way_never_corrupts_the_file() {
     let mut lab = Lab::new();
     let iface = lab.server_if.clone();
     let pid = lab.start_controller(&["--save-interval", "1s"]);
-    // Enough state that a save takes a while: 20,000 bans and a 100,000-entry list.
+    // Enough state that a save takes a while: 20,000 bans and a 100,000-entry list, written
+    // under the write lock every writer holds (so the controller's saves see all or nothing).
     {
+        let _lock = pins::lists_lock(&iface).unwrap();
         let mut maps = Maps::open(&pins::dir(&iface)).unwrap();
         let now = clock::boot_ns();
         for i in 0..20_000u32 {

@@ -3,6 +3,7 @@
 //! and appends to the audit trail before it reports success: what it acknowledges is durable.
 
 mod bans;
+mod batv;
 mod check_config;
 mod detach;
 mod lists;
@@ -62,6 +63,7 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         ),
         Command::Detach { target } => detach::detach(&target),
         Command::CheckConfig { config, json } => check_config::check(config, json.json),
+        Command::Batv { op } => batv::run(op),
     }
 }
 

@@ -11,6 +11,8 @@ use smtp_xdp::{
     state::{self, Override},
 };
 
+use smtp_xdp_common::policy_flags;
+
 use super::{show::policy_settings, Instance};
 use crate::cli::Target;
 
@@ -68,7 +70,11 @@ pub fn set(target: &Target, req: &Request) -> anyhow::Result<i32> {
         // The file first: if it cannot be written, nothing changes.
         save_to_config(&config, &kv)?;
     }
-    inst.maps.set_policy(&s.policy())?;
+    // Flags `set` does not own (BATV's) stay as the controller set them.
+    let kept = inst.maps.policy()?.map_or(0, |p| p.flags) & !policy_flags::DRY_RUN;
+    let mut policy = s.policy();
+    policy.flags = (policy.flags & policy_flags::DRY_RUN) | kept;
+    inst.maps.set_policy(&policy)?;
     let mut cleared = 0;
     if old.dry_run && !s.dry_run {
         cleared = inst.maps.clear_would_bans()?;

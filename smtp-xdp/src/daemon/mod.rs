@@ -1,9 +1,10 @@
 //! The daemon behind `smtp-xdp run`: a set of services with one job each (policy service,
-//! metrics, kernel events, ban sweeps, census, storm watch, state persistence, deny-files),
-//! wired together by [`run`], which owns start-up and shutdown. Services share
-//! [`shared::Shared`] and never call each other.
+//! socketmap service, metrics, kernel events, ban sweeps, census, storm watch, state
+//! persistence, deny-files), wired together by [`run`], which owns start-up and shutdown.
+//! Services share [`shared::Shared`] and never call each other.
 
 mod audit;
+mod batv;
 mod census;
 mod deny_files;
 mod exporter;
@@ -14,6 +15,7 @@ mod policy;
 mod reload;
 mod run;
 mod shared;
+mod socketmap;
 mod startup;
 mod storm;
 mod sweep;

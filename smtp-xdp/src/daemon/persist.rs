@@ -53,18 +53,28 @@ pub fn move_aside(path: &Path, why: &str) -> std::path::PathBuf {
     aside
 }
 
-/// Under the write lock: captures the pinned maps of `dir` and writes them to `path`.
-pub fn save(dir: &Path, iface: &str, path: &Path) -> anyhow::Result<()> {
+/// Under the write lock: captures the pinned maps of `dir` and writes them to `path`, with the
+/// start of BATV's grace period when it is known.
+pub fn save(dir: &Path, iface: &str, path: &Path, batv_since: Option<u64>) -> anyhow::Result<()> {
     let _lock = pins::lists_lock(iface)?;
     let maps = Maps::open(dir)?;
-    state::save_from_pins(&maps, iface, path, |_| {})?;
+    state::save_from_pins(&maps, iface, path, |f| {
+        if batv_since.is_some() {
+            f.batv_since = batv_since;
+        }
+    })?;
     tracing::debug!(file = %path.display(), "state saved");
     Ok(())
 }
 
 /// Saves, counting and logging a failure. Returns whether it worked.
 pub fn save_logged(shared: &Shared) -> bool {
-    match save(&shared.dir, &shared.iface, &shared.state_path) {
+    match save(
+        &shared.dir,
+        &shared.iface,
+        &shared.state_path,
+        shared.batv_since(),
+    ) {
         Ok(()) => true,
         Err(e) => {
             if let Ok(mut m) = shared.maps.lock() {

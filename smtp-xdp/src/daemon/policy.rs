@@ -1,19 +1,42 @@
 //! The Postfix policy service: answers `check_policy_service` requests, counting bounces Postfix
-//! saw after TLS into the same per-source limits and penalty box as the kernel.
+//! saw after TLS into the same per-source limits and penalty box as the kernel. With BATV on it
+//! judges every bounce by its recipient's tag: valid bounces are never charged, backscatter is
+//! counted and logged (monitor) or refused and charged (enforce).
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use smtp_xdp_common::UserCounter;
+use smtp_xdp_common::{event_kind, Event, UserCounter};
 
 use super::shared::Shared;
 use crate::{
+    batv::{Backscatter, Verdict},
     clock,
     config::PolicyAction,
+    maps::addr_key,
     policyd::{self, Answer, Bound, Handler, Request},
 };
 
 struct PolicyService {
     shared: Arc<Shared>,
+}
+
+/// The per-verdict counter of a judged bounce.
+fn verdict_counter(v: Verdict) -> Option<UserCounter> {
+    Some(match v {
+        Verdict::NotOurs => return None,
+        Verdict::Valid => UserCounter::BatvValid,
+        Verdict::Exempt => UserCounter::BatvExempt,
+        Verdict::UntaggedGrace => UserCounter::BatvUntaggedGrace,
+        Verdict::Backscatter(_) => UserCounter::BatvBackscatter,
+    })
+}
+
+/// A backscatter line to log (rate-limited with the event log's limits).
+struct BackscatterLine {
+    event: Event,
+    client: IpAddr,
+    why: Backscatter,
+    refused: bool,
 }
 
 impl Handler for PolicyService {
@@ -25,35 +48,99 @@ impl Handler for PolicyService {
             .read()
             .map(|s| s.policy_action)
             .unwrap_or(PolicyAction::Dunno);
+        let batv = shared.batv();
         let mut events = Vec::new();
+        let mut line = None;
         let answer = (|| {
             let mut maps = shared.maps.lock().ok()?;
             let _ = maps.add_user_counter(UserCounter::PolicyRequests, 1);
             let client = req.client()?;
             let policy = maps.policy().ok()??;
-            if policyd::allowlisted(&maps, client) {
-                return Some(Answer::Dunno);
+            let (verdict, enforce) = match &batv {
+                Some(b) if req.is_bounce() && policy.bounces_judged() => (
+                    b.judge(req.get("recipient").unwrap_or(""), clock::to_unix_secs(now)),
+                    b.enforce,
+                ),
+                _ => (Verdict::NotOurs, false),
+            };
+            if let Some(c) = verdict_counter(verdict) {
+                let _ = maps.add_user_counter(c, 1);
             }
-            let count = req.is_bounce() && req.new_message && !req.kernel_saw_it();
+            let t = policyd::treat(req, &policy, verdict, enforce);
+            // Monitor mode (dry-run) never refuses.
+            let refuse = t.refuse.filter(|_| !policy.dry_run());
+            if let Verdict::Backscatter(why) = verdict {
+                line = Some(BackscatterLine {
+                    event: Event {
+                        kind: event_kind::BACKSCATTER,
+                        key: addr_key(client, &policy),
+                        at: now,
+                        ..Event::default()
+                    },
+                    client,
+                    why,
+                    refused: refuse.is_some(),
+                });
+            }
+            // Allowlisted sources are never charged or banned (their backscatter is still
+            // refused: that judges the message, not the source).
+            if policyd::allowlisted(&maps, client) {
+                return Some(refuse.map_or(Answer::Dunno, Answer::Refuse));
+            }
             let storm = maps.storm().unwrap_or(false);
-            let rec =
-                policyd::record_bounce(&mut maps, client, &policy, storm, count, now, &mut events)
-                    .map_err(|e| tracing::warn!(error = %e, "policy: cannot record a bounce"))
-                    .ok()?;
-            let bounce_ban = rec.serving_ban && req.is_bounce();
+            let rec = policyd::record_bounce(
+                &mut maps,
+                client,
+                &policy,
+                storm,
+                t.charge,
+                now,
+                &mut events,
+            )
+            .map_err(|e| tracing::warn!(error = %e, "policy: cannot record a bounce"))
+            .ok()?;
+            if let Some(why) = refuse {
+                return Some(Answer::Refuse(why));
+            }
             let defer = action == PolicyAction::Defer
                 && !policy.dry_run()
-                && (rec.over_limit || bounce_ban);
+                && t.may_defer
+                && (rec.over_limit || rec.serving_ban);
             Some(if defer { Answer::Defer } else { Answer::Dunno })
         })()
         .unwrap_or(Answer::Dunno);
         shared.log_events(&events, "policy");
+        if let Some(l) = line {
+            self.log_backscatter(&l, req);
+        }
         answer
     }
 
     fn error(&self) {
         if let Ok(mut m) = self.shared.maps.lock() {
             let _ = m.add_user_counter(UserCounter::PolicyErrors, 1);
+        }
+    }
+}
+
+impl PolicyService {
+    /// One line per backscatter source a minute at most, within the overall line budget.
+    fn log_backscatter(&self, l: &BackscatterLine, req: &Request) {
+        let source = l.client.to_string();
+        let admitted = self
+            .shared
+            .events
+            .lock()
+            .is_ok_and(|mut log| log.admit(&l.event, &source, Instant::now()));
+        if admitted {
+            tracing::warn!(
+                event = "backscatter",
+                source,
+                recipient = req.get("recipient").unwrap_or(""),
+                why = l.why.name(),
+                refused = l.refused,
+                "bounce without a valid BATV tag"
+            );
         }
     }
 }

@@ -33,6 +33,12 @@ fn reread(shared: &Shared, opts: &RunOptions) {
     }
     let new = resolved.settings;
     let old = shared.settings();
+    if let Err(e) =
+        super::batv::check_reload(&old, &new).and_then(|()| super::batv::reload(shared, &new))
+    {
+        tracing::error!(error = %format!("{e:#}"), "reload refused; the policy in force stays");
+        return;
+    }
     log_changes(&old, &new);
     let applied = shared.maps.lock().map_err(|_| ()).and_then(|mut m| {
         m.set_policy(&new.policy())

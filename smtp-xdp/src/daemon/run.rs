@@ -15,9 +15,10 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, census, deny_files, exporter, kernel_events, mode, persist, policy, reload,
+    audit, batv, census, deny_files, exporter, kernel_events, mode, persist, policy, reload,
     resolve_settings,
     shared::Shared,
+    socketmap,
     startup::{self, Started},
     storm, sweep, RunOptions,
 };
@@ -65,6 +66,7 @@ impl Signals {
 struct Listeners {
     metrics: Option<exporter::Bound>,
     policy: Option<policyd::Bound>,
+    socketmap: Option<crate::socketmap::Bound>,
 }
 
 impl Listeners {
@@ -81,7 +83,19 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { metrics, policy })
+        let socketmap = match &settings.socketmap_listen {
+            Some(l) => Some(
+                crate::socketmap::bind(l)
+                    .await
+                    .with_context(|| format!("socketmap listener {l}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            metrics,
+            policy,
+            socketmap,
+        })
     }
 }
 
@@ -119,6 +133,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let settings = resolved.settings.clone();
     let config_path = resolved.config.clone();
     let listeners = Listeners::bind(&settings).await?;
+    let batv = batv::prepare(&settings, &state_path)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
         persist::read(&state_path)?
@@ -184,6 +199,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         started_unix: clock::to_unix_secs(now),
         sources_capacity,
         bans_capacity,
+        batv: RwLock::new(batv.batv),
+        batv_since: Mutex::new(batv.since),
         save_soon: tokio::sync::Notify::new(),
         reloads: watch::channel(0).0,
     });
@@ -207,6 +224,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     if let Some(bound) = listeners.policy {
         tracing::info!(listen = ?settings.policy_listen.as_ref().map(|l| l.to_string()), "policy service listening");
         tasks.spawn(policy::serve(bound, shared.clone()));
+    }
+    if let Some(bound) = listeners.socketmap {
+        tracing::info!(listen = ?settings.socketmap_listen.as_ref().map(|l| l.to_string()), "socketmap service listening");
+        tasks.spawn(socketmap::serve(bound, shared.clone()));
     }
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));

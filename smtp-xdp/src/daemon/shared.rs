@@ -4,13 +4,14 @@
 
 use std::{
     path::PathBuf,
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
 use smtp_xdp_common::Event;
 
 use crate::{
+    batv::Batv,
     clock,
     config::Settings,
     events::EventLog,
@@ -36,6 +37,10 @@ pub struct Shared {
     pub started_unix: u64,
     pub sources_capacity: u64,
     pub bans_capacity: u64,
+    /// BATV as configured (keys loaded); `None` while it is off.
+    pub batv: RwLock<Option<Arc<Batv>>>,
+    /// Unix time BATV was first switched on (kept in the state file).
+    pub batv_since: Mutex<Option<u64>>,
     /// Woken when a ban was issued (by the kernel or the policy service), so the state file has
     /// it within about a second rather than at the next `save-interval`.
     pub save_soon: tokio::sync::Notify,
@@ -48,6 +53,15 @@ impl Shared {
     /// A copy of the settings in force.
     pub fn settings(&self) -> Settings {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// BATV in force, if on.
+    pub fn batv(&self) -> Option<Arc<Batv>> {
+        self.batv.read().ok().and_then(|b| b.clone())
+    }
+
+    pub fn batv_since(&self) -> Option<u64> {
+        self.batv_since.lock().ok().and_then(|s| *s)
     }
 
     /// Everything a scrape shows.

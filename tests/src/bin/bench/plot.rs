@@ -62,7 +62,7 @@ pub fn line_chart(
             y(v) + 4.0
         );
     }
-    for (i, l) in x_labels.iter().enumerate() {
+    for (i, l) in x_labels.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
@@ -101,7 +101,8 @@ pub fn line_chart(
             r#"<polyline fill="none" stroke="{c}" stroke-width="2.5" points="{}"/>"#,
             pts.join(" ")
         );
-        for (i, v) in &ser.points {
+        // Markers only where points are few enough to tell apart.
+        for (i, v) in ser.points.iter().filter(|_| ser.points.len() <= 40) {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{c}"/>"#,

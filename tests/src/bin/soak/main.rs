@@ -23,7 +23,7 @@ use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use serde_json::json;
 use smtp_xdp_tests::lab::{signal, Lab};
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Sample {
     secs: u64,
     rss_kib: u64,
@@ -150,6 +150,41 @@ fn trafgen_spoofed(lab: &Lab, count: u64, pps: u64) -> Child {
     lab.trafgen(&cfg, count, pps).spawn().expect("trafgen")
 }
 
+/// The soak's figure: one line per resource over time, a label every five minutes.
+fn chart(minutes: u64, samples: &[Sample]) -> String {
+    let labels: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            if s.secs % 300 < 10 {
+                format!("{}m", s.secs / 60)
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let series = |name: &str, f: fn(&Sample) -> f64| plot::Series {
+        name: name.into(),
+        points: samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as f64, f(s)))
+            .collect(),
+    };
+    plot::line_chart(
+        &format!("Soak: the controller over {minutes} minutes of churn"),
+        "time",
+        "value",
+        &labels,
+        &[
+            series("RSS (MiB)", |s| s.rss_kib as f64 / 1024.0),
+            series("open fds", |s| s.fds as f64),
+            series("tasks", |s| s.tasks as f64),
+            series("ban entries / 10", |s| s.ban_entries as f64 / 10.0),
+            series("sources tracked / 1000", |s| s.sources as f64 / 1000.0),
+        ],
+    )
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
@@ -157,6 +192,16 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--replot") {
+        // Redraws docs/soak.svg from docs/soak.json (the figure's code changed, not the run).
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string("docs/soak.json").expect("soak.json"))
+                .expect("soak.json");
+        let samples: Vec<Sample> = serde_json::from_value(v["samples"].clone()).expect("samples");
+        let minutes = v["minutes"].as_u64().unwrap_or(0);
+        std::fs::write("docs/soak.svg", chart(minutes, &samples)).expect("docs/soak.svg");
+        return;
+    }
     let minutes: u64 = args
         .iter()
         .position(|a| a == "--minutes")
@@ -447,32 +492,7 @@ fn main() {
     );
     eprintln!("{summary}");
     if minutes >= 10 {
-        let secs: Vec<String> = samples
-            .iter()
-            .map(|s| format!("{}m", s.secs / 60))
-            .collect();
-        let series = |name: &str, f: fn(&Sample) -> f64| plot::Series {
-            name: name.into(),
-            points: samples
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i as f64, f(s)))
-                .collect(),
-        };
-        let svg = plot::line_chart(
-            &format!("Soak: the controller over {minutes} minutes of churn"),
-            "time",
-            "value",
-            &secs,
-            &[
-                series("RSS (MiB)", |s| s.rss_kib as f64 / 1024.0),
-                series("open fds", |s| s.fds as f64),
-                series("tasks", |s| s.tasks as f64),
-                series("ban entries / 10", |s| s.ban_entries as f64 / 10.0),
-                series("sources tracked / 1000", |s| s.sources as f64 / 1000.0),
-            ],
-        );
-        std::fs::write("docs/soak.svg", svg).expect("docs/soak.svg");
+        std::fs::write("docs/soak.svg", chart(minutes, &samples)).expect("docs/soak.svg");
         std::fs::write(
             "docs/soak.json",
             serde_json::to_string_pretty(
