@@ -183,6 +183,9 @@ fn deny_files_reload_on_change_and_on_sighup_and_keep_hand_added_entries() {
         &["198.51.100.0/24", "2001:db8:bad::/48"],
         "loaded at start",
     );
+    wait_for(Duration::from_secs(5), "the start load logged", || {
+        !deny_file_events(&lab).is_empty()
+    });
     assert_eq!(deny_file_events(&lab)[0]["why"], "start");
 
     // An entry added by hand survives the files' reloads.
@@ -193,6 +196,9 @@ fn deny_files_reload_on_change_and_on_sighup_and_keep_hand_added_entries() {
         &["192.0.2.0/24", "203.0.113.9/32", "2001:db8:bad::/48"],
         "reloaded after the change on disk",
     );
+    wait_for(Duration::from_secs(5), "the reload logged", || {
+        deny_file_events(&lab).len() >= 2
+    });
     let ev = deny_file_events(&lab);
     let last = ev.last().unwrap();
     assert_eq!(last["why"], "changed on disk", "{last}");
@@ -282,7 +288,12 @@ fn deny_files_reload_on_change_and_on_sighup_and_keep_hand_added_entries() {
         &["192.0.2.0/24", "203.0.113.9/32", "2001:db8:bee::/48"],
         "loaded on SIGHUP",
     );
-    assert_eq!(deny_file_events(&lab).last().unwrap()["why"], "SIGHUP");
+    // (The list changes a moment before the load's log line is written.)
+    wait_for(Duration::from_secs(5), "the SIGHUP load logged", || {
+        deny_file_events(&lab)
+            .last()
+            .is_some_and(|e| e["why"] == "SIGHUP")
+    });
 
     // An entry deleted by hand is no longer kept.
     ok(&lab, &["deny", "del", "203.0.113.9"]);
