@@ -150,7 +150,7 @@ Reread the configuration file (and the \fBdeny\-files\fR); an invalid file is re
 SIGTERM, SIGINT
 Save the state and detach (or, with \fB\-\-keep\-attached\fR, leave the program enforcing for the next start to adopt).
 .SH "SEE ALSO"
-\fBsmtp\-xdp.toml\fR(5), \fBsmtp\-xdp\-run\fR(8), \fBsystemd.service\fR(5), /usr/share/doc/smtp\-xdp/README.md.gz
+\fBsmtp\-xdp.toml\fR(5), \fBsmtp\-xdp\-run\fR(8), \fBsystemd.service\fR(5), /usr/share/doc/smtp\-xdp/README.md
 "#
     )
 }

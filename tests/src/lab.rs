@@ -394,6 +394,7 @@ impl Lab {
     /// fail; returns its error output.
     pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
         let bin = crate::smtp_xdp_bin();
+        let state = self.dir.join("state");
         let mut all = wrapper.to_vec();
         all.extend([
             bin.to_str().unwrap(),
@@ -403,6 +404,10 @@ impl Lab {
             "--metrics-listen",
             "off",
         ]);
+        // The lab's state directory unless told otherwise: the default one is the package's.
+        if !args.contains(&"--state-dir") {
+            all.extend(["--state-dir", state.to_str().unwrap()]);
+        }
         all.extend_from_slice(args);
         let out = Self::in_net(&self.server_ns, &all)
             .output()
