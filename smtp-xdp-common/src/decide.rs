@@ -2,10 +2,17 @@
 //! bounce does to its source.
 //!
 //! The order of the checks and what each outcome means live here, once. The environment
-//! ([`SynEnv`], [`BounceEnv`]) supplies the state: in the kernel it is BPF maps, in the reference
-//! model and the host tests plain collections. Both call these same functions.
+//! ([`SynEnv`], [`BanEnv`]) supplies the state: in the kernel it is BPF maps, in the reference
+//! model and the host tests plain collections, in the controller the pinned maps. All call these
+//! same functions.
+//!
+//! A trusted relay (a DNS allowlist answer, see [`crate::Trust`]) is looked up only where a
+//! source is over a limit, never for an admitted SYN: over its rate its SYNs are admitted and
+//! counted, over its bounce limit its bounces only counted, and no ban is ever issued for it.
 
-use crate::{ban_reason, bans, bans::Offence, limiter::Gcra, Ban, Counter, Policy, SourceState};
+use crate::{
+    ban_reason, bans, bans::Offence, limiter::Gcra, source_flags, Ban, Counter, Policy, SourceState,
+};
 
 /// Why a SYN is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +33,8 @@ pub enum SynVerdict {
     Admitted,
     /// On the allowlist: never limited.
     Allowlisted,
+    /// Over its rate, from a trusted relay: admitted and counted.
+    Trusted,
     Dropped(DropReason),
 }
 
@@ -40,6 +49,7 @@ impl SynVerdict {
         match self {
             SynVerdict::Admitted => (Counter::SynAdmitted, XDP_PASS),
             SynVerdict::Allowlisted => (Counter::SynAllowlisted, XDP_PASS),
+            SynVerdict::Trusted => (Counter::SynTrusted, XDP_PASS),
             SynVerdict::Dropped(reason) => {
                 let (drop, would) = match reason {
                     DropReason::Deny => (Counter::DropDeny, Counter::WouldDropDeny),
@@ -61,7 +71,8 @@ impl SynVerdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateOutcome {
     Admitted,
-    Rejected(Offence),
+    /// Over the rate (the bucket is left as it was); nothing recorded yet.
+    OverRate,
     /// No state could be kept for the source (map insert failed): the SYN is admitted, and the
     /// global guard is the remaining defence.
     Untracked,
@@ -77,6 +88,9 @@ pub trait BanEnv {
     fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64);
     /// Counts an event counter (bans issued, insert failures).
     fn count(&mut self, counter: Counter);
+    /// Whether the source is a trusted relay at `now` (only asked on the rare paths: over a
+    /// limit, or about to be banned).
+    fn trusted(&mut self, now: u64) -> bool;
 }
 
 /// The state a SYN decision reads and writes, for one source.
@@ -87,9 +101,12 @@ pub trait SynEnv: BanEnv {
     fn net_banned(&mut self, now: u64) -> bool;
     /// Counts a SYN dropped for a ban in the source's statistics, if the source is tracked.
     fn note_banned_syn(&mut self, now: u64);
-    /// Charges the SYN to the source's bucket (creating state on first sight), updates its
-    /// statistics and, on a rejection, its offence record via [`bans::record_rate_drop`].
-    fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome;
+    /// Charges the SYN to the source's bucket (creating state on first sight) and counts it in
+    /// the source's statistics.
+    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome;
+    /// Records a rate drop of the source that [`SynEnv::source_rate`] found over its rate: its
+    /// drop count and its offence record, via [`bans::record_rate_drop`].
+    fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence;
     /// Charges the SYN to the port's global bucket.
     fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool;
 }
@@ -113,29 +130,55 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
             return SynVerdict::Dropped(DropReason::Ban);
         }
     }
-    match env.source_rate(&policy.syn, policy, now) {
-        RateOutcome::Admitted | RateOutcome::Untracked => {}
-        RateOutcome::Rejected(offence) => {
+    let verdict = match env.source_rate(&policy.syn, now) {
+        RateOutcome::Admitted | RateOutcome::Untracked => SynVerdict::Admitted,
+        // A trusted relay over its rate: admitted, never a drop on its record. The global guard
+        // (the defence against spoofed floods) still applies.
+        RateOutcome::OverRate if env.trusted(now) => SynVerdict::Trusted,
+        RateOutcome::OverRate => {
+            let offence = env.record_rate_drop(policy, now);
             if offence.first_drop {
                 env.event(crate::event_kind::FIRST_DROP, None, now);
             }
             if offence.ban {
-                ban_source(env, ban_reason::RATE, policy, now);
+                issue_ban(env, ban_reason::RATE, policy, now);
             }
             return SynVerdict::Dropped(DropReason::Rate);
         }
-    }
+    };
     if policy.global.enabled() && !env.global_admit(&policy.global, now) {
         return SynVerdict::Dropped(DropReason::Global);
     }
-    SynVerdict::Admitted
+    verdict
+}
+
+/// A source went over its bounce limit: a bounce-limit event and a ban with reason "bounces",
+/// unless it is a trusted relay, whose over-limit bounces are only counted
+/// ([`Counter::TrustedBounces`]).
+#[inline(always)]
+pub fn bounce_over_limit<E: BanEnv>(env: &mut E, policy: &Policy, now: u64) -> Option<Ban> {
+    if env.trusted(now) {
+        env.count(Counter::TrustedBounces);
+        return None;
+    }
+    env.event(crate::event_kind::BOUNCE_LIMIT, None, now);
+    issue_ban(env, ban_reason::BOUNCES, policy, now)
 }
 
 /// Puts the source in the penalty box for `reason`, escalating from its previous entry, unless it
-/// is already serving a ban. In monitor mode the entry is a would-ban: recorded, counted and
-/// reported as such, and without effect once enforcement starts.
+/// is a trusted relay or already serving a ban. In monitor mode the entry is a would-ban:
+/// recorded, counted and reported as such, and without effect once enforcement starts.
 #[inline(always)]
 pub fn ban_source<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64) -> Option<Ban> {
+    if env.trusted(now) {
+        return None;
+    }
+    issue_ban(env, reason, policy, now)
+}
+
+/// [`ban_source`] for callers that checked trust already.
+#[inline(always)]
+fn issue_ban<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64) -> Option<Ban> {
     let dry_run = policy.dry_run();
     let previous = env.ban_entry();
     if let Some(prev) = previous.as_ref() {
@@ -148,12 +191,15 @@ pub fn ban_source<E: BanEnv>(env: &mut E, reason: u32, policy: &Policy, now: u64
         env.count(Counter::BanInsertFailed);
         return None;
     }
-    let bounces = reason == ban_reason::BOUNCES;
-    let (counter, kind) = match (dry_run, bounces) {
-        (false, false) => (Counter::BansRate, crate::event_kind::BAN),
-        (false, true) => (Counter::BansBounces, crate::event_kind::BAN),
-        (true, false) => (Counter::WouldBansRate, crate::event_kind::WOULD_BAN),
-        (true, true) => (Counter::WouldBansBounces, crate::event_kind::WOULD_BAN),
+    let (real, would) = match reason {
+        ban_reason::BOUNCES => (Counter::BansBounces, Counter::WouldBansBounces),
+        ban_reason::DNSBL => (Counter::BansDnsbl, Counter::WouldBansDnsbl),
+        _ => (Counter::BansRate, Counter::WouldBansRate),
+    };
+    let (counter, kind) = if dry_run {
+        (would, crate::event_kind::WOULD_BAN)
+    } else {
+        (real, crate::event_kind::BAN)
     };
     env.count(counter);
     env.event(kind, Some(&ban), now);
@@ -220,9 +266,13 @@ pub fn charge_bounce_bucket(
     match gcra.admit(state.bounce_tat, now) {
         Some(tat) => {
             state.bounce_tat = tat;
+            state.flags &= !source_flags::BOUNCE_OVER;
             BounceVerdict::Counted
         }
-        None => BounceVerdict::OverLimit,
+        None => {
+            state.flags |= source_flags::BOUNCE_OVER;
+            BounceVerdict::OverLimit
+        }
     }
 }
 
@@ -244,6 +294,8 @@ mod tests {
         global_tat: u64,
         events: [u32; crate::event_kind::COUNT as usize],
         bans_rate: u32,
+        trusted: bool,
+        trusted_bounces: u32,
     }
 
     impl BanEnv for OneSource {
@@ -258,9 +310,14 @@ mod tests {
             self.events[kind as usize] += 1;
         }
         fn count(&mut self, counter: Counter) {
-            if counter == Counter::BansRate {
-                self.bans_rate += 1;
+            match counter {
+                Counter::BansRate => self.bans_rate += 1,
+                Counter::TrustedBounces => self.trusted_bounces += 1,
+                _ => {}
             }
+        }
+        fn trusted(&mut self, _now: u64) -> bool {
+            self.trusted
         }
     }
 
@@ -275,15 +332,20 @@ mod tests {
             self.net_ban.is_some_and(|until| now < until)
         }
         fn note_banned_syn(&mut self, _now: u64) {}
-        fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
+        fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
             let st = self.state.get_or_insert_with(SourceState::default);
             match gcra.admit(st.syn_tat, now) {
                 Some(t) => {
                     st.syn_tat = t;
                     RateOutcome::Admitted
                 }
-                None => RateOutcome::Rejected(bans::record_rate_drop(st, now, policy)),
+                None => RateOutcome::OverRate,
             }
+        }
+        fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence {
+            let st = self.state.get_or_insert_with(SourceState::default);
+            st.drops += 1;
+            bans::record_rate_drop(st, now, policy)
         }
         fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool {
             match gcra.admit(self.global_tat, now) {
@@ -366,6 +428,68 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_relay_over_its_limits_is_admitted_and_never_banned() {
+        let p = policy();
+        let mut env = OneSource {
+            trusted: true,
+            ..Default::default()
+        };
+        let now = 1000 * S;
+        let mut verdicts = [SynVerdict::Admitted; 10];
+        for v in verdicts.iter_mut() {
+            *v = decide_syn(&mut env, &p, now);
+        }
+        assert_eq!(verdicts[..2], [SynVerdict::Admitted; 2]);
+        assert_eq!(verdicts[2..], [SynVerdict::Trusted; 8]);
+        assert_eq!(
+            SynVerdict::Trusted.outcome(false),
+            (Counter::SynTrusted, XDP_PASS)
+        );
+        let st = env.state.unwrap();
+        assert_eq!((st.drops, st.window_drops), (0, 0), "no drop recorded");
+        assert_eq!(env.ban, None);
+        assert_eq!(env.events, [0; crate::event_kind::COUNT as usize]);
+        // Over its bounce limit: counted, no event, no ban; nor any ban by another path.
+        assert_eq!(bounce_over_limit(&mut env, &p, now), None);
+        assert_eq!(ban_source(&mut env, ban_reason::DNSBL, &p, now), None);
+        assert_eq!((env.trusted_bounces, env.ban), (1, None));
+        // The global guard still applies to it.
+        let mut g = p;
+        g.global = Gcra::new(S, 1);
+        env.global_tat = 0;
+        assert_eq!(decide_syn(&mut env, &g, now), SynVerdict::Trusted);
+        assert_eq!(
+            decide_syn(&mut env, &g, now),
+            SynVerdict::Dropped(DropReason::Global)
+        );
+        // Trust gone: the next drops count, and ban.
+        env.trusted = false;
+        for _ in 0..3 {
+            assert_eq!(
+                decide_syn(&mut env, &p, now),
+                SynVerdict::Dropped(DropReason::Rate)
+            );
+        }
+        assert_eq!(env.ban.map(|b| b.reason), Some(ban_reason::RATE));
+        // A DNSBL ban of an untrusted source counts as such (and as a would-ban in monitor mode).
+        let mut env = OneSource::default();
+        let b = ban_source(&mut env, ban_reason::DNSBL, &p, now).unwrap();
+        assert_eq!(
+            (b.reason, env.events[event_kind::BAN as usize]),
+            (ban_reason::DNSBL, 1)
+        );
+        let mut dry = p;
+        dry.flags |= crate::policy_flags::DRY_RUN;
+        let mut env = OneSource::default();
+        let b = ban_source(&mut env, ban_reason::DNSBL, &dry, now).unwrap();
+        assert_eq!(
+            (b.flags, env.events[event_kind::WOULD_BAN as usize]),
+            (crate::ban_flags::WOULD, 1),
+            "a would-ban in monitor mode"
+        );
+    }
+
+    #[test]
     fn global_guard_applies_after_per_source_checks() {
         let mut p = policy();
         p.syn = Gcra::new(60 * S, 100);
@@ -408,6 +532,10 @@ mod tests {
             BounceVerdict::OverLimit
         );
         assert_eq!(st.bounces, 5);
+        assert_eq!(
+            st.flags & source_flags::BOUNCE_OVER,
+            source_flags::BOUNCE_OVER
+        );
         // In a storm with factor 4, the burst is 1.
         let mut st = SourceState::default();
         assert_eq!(

@@ -26,9 +26,10 @@ pub mod names {
     pub const STORM: &str = "STORM";
     pub const EVENTS: &str = "EVENTS";
     pub const META: &str = "META";
+    pub const TRUSTED: &str = "TRUSTED";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 22] = [
+    pub const PINNED: [&str; 23] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
@@ -51,6 +52,7 @@ pub mod names {
         STORM,
         EVENTS,
         META,
+        TRUSTED,
     ];
 }
 
@@ -74,6 +76,8 @@ pub mod present {
     pub const ALLOW: u32 = 1;
     pub const DENY: u32 = 2;
     pub const BANNED_NETS: u32 = 4;
+    /// `TRUSTED` holds entries (set by the DNSBL service before its first insert).
+    pub const TRUSTED: u32 = 8;
 }
 
 /// Default sizes of the maps the controller can resize.
@@ -81,6 +85,8 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
 pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;
+/// Trusted relays (DNS allowlist answers) held at once.
+pub const MAX_TRUSTED: u32 = 1 << 14;
 pub const EVENTS_BYTES: u32 = 1 << 18;
 /// Slots of `COUNTERS` and `USER_COUNTERS`: room to add counters without a new map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -149,7 +155,16 @@ pub struct SourceState {
     pub bounces: u64,
     /// Rate drops inside the current offence window.
     pub window_drops: u32,
-    pub _reserved: u32,
+    /// [`source_flags`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`SourceState::flags`].
+pub mod source_flags {
+    /// The last bounce charged to the source's bounce bucket was over the limit (cleared by the
+    /// next one within it). The policy service reads it for a trusted relay, which is never
+    /// banned, to refuse its over-limit messages one by one.
+    pub const BOUNCE_OVER: u32 = 1;
 }
 
 /// Why a source is in the penalty box.
@@ -157,6 +172,8 @@ pub mod ban_reason {
     pub const RATE: u32 = 1;
     pub const BOUNCES: u32 = 2;
     pub const MANUAL: u32 = 3;
+    /// Listed on DNS blocklists (score at or above `dnsbl-threshold`); issued by the controller.
+    pub const DNSBL: u32 = 4;
 }
 
 /// Bits of [`Ban::flags`].
@@ -194,6 +211,33 @@ impl Ban {
             reason: ban_reason::MANUAL,
             ..Ban::default()
         }
+    }
+}
+
+/// A trusted relay (`TRUSTED`, keyed by [`SourceKey`]): its DNS allowlist score is at or below
+/// `dnsbl-allow-threshold`. No limit puts it in the penalty box: its over-limit SYNs are admitted
+/// and its over-limit bounces only counted, until `until`. The controller inserts and removes
+/// entries; the kernel reads them only when a source is over a limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Trusted until this boot-clock time (the DNS answer's TTL).
+    pub until: u64,
+    /// When the answer came (boot clock).
+    pub since: u64,
+    /// The address that was looked up (IPv4 in the first four bytes; the key's family), so the
+    /// controller can ask again before the answer expires.
+    pub addr: [u8; 16],
+    /// The combined DNS list score.
+    pub score: i32,
+    pub _reserved: u32,
+}
+
+impl Trust {
+    /// Whether the trust holds at `now`.
+    #[inline(always)]
+    pub fn holds(&self, now: u64) -> bool {
+        now < self.until
     }
 }
 
@@ -306,10 +350,18 @@ pub enum Counter {
     /// Bans monitor mode would have issued (rate, bounces).
     WouldBansRate,
     WouldBansBounces,
+    /// A SYN over its source's rate from a trusted relay: admitted (a packet verdict).
+    SynTrusted,
+    /// Over-limit bounces of a trusted relay, only counted (one per segment in the kernel).
+    TrustedBounces,
+    /// Bans for DNS blocklist listings. Issued in userspace only: environments there map these
+    /// to user counters, and the kernel's slots stay 0.
+    BansDnsbl,
+    WouldBansDnsbl,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::WouldBansBounces as u32 + 1;
+    pub const COUNT: u32 = Counter::WouldBansDnsbl as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::PassNotSmtp,
@@ -336,11 +388,15 @@ impl Counter {
         Counter::NoPolicy,
         Counter::WouldBansRate,
         Counter::WouldBansBounces,
+        Counter::SynTrusted,
+        Counter::TrustedBounces,
+        Counter::BansDnsbl,
+        Counter::WouldBansDnsbl,
     ];
 
     /// True for the counters that count packets by verdict (exactly one per packet).
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Counter::WouldDropGlobal as u32
+        (self as u32) <= Counter::WouldDropGlobal as u32 || matches!(self, Counter::SynTrusted)
     }
 
     /// Stable snake_case name, used in `stats --json` and as metric label values.
@@ -370,6 +426,10 @@ impl Counter {
             Counter::NoPolicy => "no_policy",
             Counter::WouldBansRate => "would_bans_rate",
             Counter::WouldBansBounces => "would_bans_bounces",
+            Counter::SynTrusted => "syn_trusted",
+            Counter::TrustedBounces => "trusted_bounces",
+            Counter::BansDnsbl => "bans_dnsbl_kernel",
+            Counter::WouldBansDnsbl => "would_bans_dnsbl_kernel",
         }
     }
 }
@@ -413,10 +473,34 @@ pub enum UserCounter {
     SocketmapRequests,
     /// Socketmap connections or requests refused (malformed, oversized, timed out, unknown map).
     SocketmapErrors,
+    /// DNS list lookups of a source (all lists asked), by outcome: the score is at or above
+    /// `dnsbl-threshold` ...
+    DnsblListed,
+    /// ... at or below `dnsbl-allow-threshold` ...
+    DnsblTrusted,
+    /// ... in between (not listed, or not enough) ...
+    DnsblNeutral,
+    /// ... or unknown: a list's server failed, refused or timed out (nothing is decided).
+    DnsblErrors,
+    /// Lookups not made: the queue was full or the lookup rate spent (a spoofed flood must not
+    /// become a DNS flood).
+    DnsblDropped,
+    /// Events answered from the cache without a lookup.
+    DnsblCacheHits,
+    /// Bans (and would-bans) issued for DNS blocklist listings.
+    BansDnsbl,
+    WouldBansDnsbl,
+    /// Over-limit bounces of trusted relays the policy service counted (never charged to a ban).
+    TrustedBouncesPolicy,
+    /// Messages of trusted relays the policy service refused (deferred, or backscatter refused).
+    TrustedRefusals,
+    /// Automatic bans lifted because their source turned out to be a trusted relay (its first
+    /// crossing happened before the answer came).
+    TrustedBansLifted,
 }
 
 impl UserCounter {
-    pub const COUNT: u32 = UserCounter::SocketmapErrors as u32 + 1;
+    pub const COUNT: u32 = UserCounter::TrustedBansLifted as u32 + 1;
 }
 
 /// Event kinds on the `EVENTS` ring buffer.
@@ -431,11 +515,13 @@ pub mod event_kind {
     pub const WOULD_BAN: u32 = 4;
     /// A bounce without a valid BATV tag (from the policy service only; never on the ring).
     pub const BACKSCATTER: u32 = 5;
+    /// DNS allowlists made a source a trusted relay (from the DNSBL service only).
+    pub const TRUSTED: u32 = 6;
     /// One more than the highest kind.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
-/// One ring-buffer event (48 bytes, no padding).
+/// One ring-buffer event (64 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -445,6 +531,9 @@ pub struct Event {
     pub level: u32,
     pub value: u64,
     pub at: u64,
+    /// The source's full address (the key is masked to the prefix): DNS lists are asked per
+    /// address, IPv6 included. IPv4 in the first four bytes; the family is the key's.
+    pub addr: [u8; 16],
 }
 
 /// `META[0]`: stamped last when a controller finished setting up the pinned state.
@@ -540,6 +629,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::Trust {}
 }
 
 #[cfg(test)]
@@ -554,7 +644,8 @@ mod tests {
         assert_eq!(size_of::<Ban>(), 2 * 8 + 4 * 4);
         assert_eq!(size_of::<Policy>(), 12 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
         assert_eq!(size_of::<PortStats>(), 3 * 8);
-        assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8 + 16);
+        assert_eq!(size_of::<Trust>(), 2 * 8 + 16 + 2 * 4);
         assert_eq!(
             size_of::<Meta>(),
             4 * 4 + 2 * 8 + STATE_PATH_BYTES + 32 + PROGRAM_VERSION_BYTES

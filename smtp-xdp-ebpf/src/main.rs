@@ -30,8 +30,8 @@ use smtp_xdp_common::{
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
     port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
-    SourceState, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4,
-    MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS, SCAN_WINDOW,
+    SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_SOURCES, EVENTS_BYTES,
+    FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS, MAX_TRUSTED, SCAN_WINDOW,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -107,6 +107,11 @@ static SCAN_BUF: PerCpuArray<ScanArea> = PerCpuArray::with_max_entries(1, 0);
 /// Written by the controller only (layout version and attachment facts).
 #[map]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
+/// Trusted relays (DNS allowlist answers), written by the controller; read only when a source
+/// is over a limit.
+#[map]
+static TRUSTED: HashMap<SourceKey, Trust> =
+    HashMap::with_max_entries(MAX_TRUSTED, BPF_F_NO_PREALLOC);
 
 /// The frame in packet memory. `load` is the program's one bounds-checked accessor.
 struct Packet<'a> {
@@ -245,6 +250,8 @@ struct KernelEnv<'a> {
     present: u32,
     key: SourceKey,
     slot: u32,
+    /// The source's state once `source_rate` found or created it (null before).
+    st: *mut SourceState,
 }
 
 impl KernelEnv<'_> {
@@ -314,6 +321,7 @@ impl BanEnv for KernelEnv<'_> {
             kind,
             key: self.key,
             at: now,
+            addr: self.seg.src,
             ..Event::default()
         };
         if let Some(b) = ban {
@@ -338,6 +346,15 @@ impl BanEnv for KernelEnv<'_> {
     #[inline(always)]
     fn count(&mut self, counter: Counter) {
         count(counter);
+    }
+
+    #[inline(always)]
+    fn trusted(&mut self, now: u64) -> bool {
+        if self.present & present::TRUSTED == 0 {
+            return false;
+        }
+        // SAFETY: copied out at once.
+        unsafe { TRUSTED.get(self.key) }.is_some_and(|t| t.holds(now))
     }
 }
 
@@ -396,21 +413,38 @@ impl SynEnv for KernelEnv<'_> {
     }
 
     #[inline(always)]
-    fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
+    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
         let Some(st) = self.state(true) else {
             return RateOutcome::Untracked;
         };
+        self.st = st;
         // SAFETY: `st` points into the SOURCES value for this key. The bucket is updated by
-        // compare-and-swap; statistics by atomic adds; the offence window by plain stores (a race
-        // there can only shift a ban by one drop).
+        // compare-and-swap; statistics by atomic adds.
         unsafe {
             atomic_add(&raw mut (*st).syns, 1);
             (*st).last_seen = now;
             if gcra_shared(&raw mut (*st).syn_tat, gcra, now) {
                 return RateOutcome::Admitted;
             }
+        }
+        RateOutcome::OverRate
+    }
+
+    #[inline(always)]
+    fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> bans::Offence {
+        let st = self.st;
+        if st.is_null() {
+            return bans::Offence {
+                first_drop: false,
+                ban: false,
+            };
+        }
+        // SAFETY: `st` points into the SOURCES value `source_rate` found for this key, within
+        // this program run. The offence window takes plain stores (a race there can only shift
+        // a ban by one drop).
+        unsafe {
             atomic_add(&raw mut (*st).drops, 1);
-            RateOutcome::Rejected(bans::record_rate_drop(&mut *st, now, policy))
+            bans::record_rate_drop(&mut *st, now, policy)
         }
     }
 
@@ -442,6 +476,7 @@ fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Count
         present: present_tries(),
         key: source_key(seg, policy),
         slot,
+        st: core::ptr::null_mut(),
     };
     let verdict = decide::decide_syn(&mut env, policy, now());
     let (counter, action) = verdict.outcome(policy.dry_run());
@@ -449,7 +484,9 @@ fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Count
         // SAFETY: a per-CPU slot.
         unsafe {
             match (verdict, action) {
-                (SynVerdict::Admitted | SynVerdict::Allowlisted, _) => (*stats).syn_admitted += 1,
+                (SynVerdict::Admitted | SynVerdict::Allowlisted | SynVerdict::Trusted, _) => {
+                    (*stats).syn_admitted += 1
+                }
                 (_, xdp_action::XDP_DROP) => (*stats).syn_dropped += 1,
                 _ => (*stats).syn_would_drop += 1,
             }
@@ -530,6 +567,7 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
         present: present_tries(),
         key: source_key(seg, policy),
         slot: 0,
+        st: core::ptr::null_mut(),
     };
     if env.allowlisted() {
         return;
@@ -542,8 +580,7 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     // SAFETY: `st` points into the SOURCES value for this key.
     let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm, found, now) };
     if verdict == BounceVerdict::OverLimit {
-        env.event(event_kind::BOUNCE_LIMIT, None, now);
-        decide::ban_source(&mut env, smtp_xdp_common::ban_reason::BOUNCES, policy, now);
+        decide::bounce_over_limit(&mut env, policy, now);
     }
 }
 

@@ -156,6 +156,38 @@ pub enum Command {
         #[command(subcommand)]
         op: BatvOp,
     },
+    /// DNS block and allow lists: ask them about an address (no running controller needed).
+    Dnsbl {
+        #[command(subcommand)]
+        op: DnsblOp,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DnsblOp {
+    /// Print every list's answer for an address, its score and what it means.
+    Check {
+        /// An IPv4 or IPv6 address.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        /// Config file [default: /etc/smtp-xdp/smtp-xdp.toml when it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The lists, as dnsbl-sites [default: the config file's].
+        #[arg(long, value_name = "SITES")]
+        dnsbl_sites: Option<String>,
+        /// The resolver, as dnsbl-resolver [default: the config file's, else system].
+        #[arg(long, value_name = "RESOLVER")]
+        dnsbl_resolver: Option<String>,
+        /// The ban threshold, as dnsbl-threshold [default: the config file's, else 3].
+        #[arg(long, value_name = "SCORE", allow_hyphen_values = true)]
+        dnsbl_threshold: Option<String>,
+        /// The trust threshold, as dnsbl-allow-threshold [default: the config file's, else -1].
+        #[arg(long, value_name = "SCORE", allow_hyphen_values = true)]
+        dnsbl_allow_threshold: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +250,7 @@ pub enum Reason {
     Rate,
     Bounces,
     Manual,
+    Dnsbl,
 }
 
 #[derive(Args, Clone)]
@@ -397,6 +430,24 @@ pub struct RunArgs {
     /// comma-separated [default: postmaster,abuse].
     #[arg(long, value_name = "RECIPIENTS")]
     pub batv_exempt_recipients: Option<String>,
+    /// DNS block and allow lists in postscreen's syntax, domain[=filter][*weight] separated by
+    /// commas; off without [default: none].
+    #[arg(long, value_name = "SITES")]
+    pub dnsbl_sites: Option<String>,
+    /// A DNS list score at or above this bans the source [default: 3].
+    #[arg(long, value_name = "SCORE", allow_hyphen_values = true)]
+    pub dnsbl_threshold: Option<String>,
+    /// A DNS list score at or below this marks a trusted relay, never banned [default: -1].
+    #[arg(long, value_name = "SCORE", allow_hyphen_values = true)]
+    pub dnsbl_allow_threshold: Option<String>,
+    /// The resolver for DNS list lookups: system (/etc/resolv.conf) or ADDRESS[:PORT],...
+    /// [default: system].
+    #[arg(long, value_name = "RESOLVER")]
+    pub dnsbl_resolver: Option<String>,
+    /// The longest time a DNS list answer is used (the reply's TTL when shorter, at least 60s)
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub dnsbl_ttl: Option<String>,
     /// On SIGTERM/SIGINT leave the program attached and the state pinned (for upgrades and
     /// restarts without a gap).
     #[arg(long)]
@@ -445,6 +496,11 @@ impl RunArgs {
             ("batv-mode", &self.batv_mode),
             ("batv-grace", &self.batv_grace),
             ("batv-exempt-recipients", &self.batv_exempt_recipients),
+            ("dnsbl-sites", &self.dnsbl_sites),
+            ("dnsbl-threshold", &self.dnsbl_threshold),
+            ("dnsbl-allow-threshold", &self.dnsbl_allow_threshold),
+            ("dnsbl-resolver", &self.dnsbl_resolver),
+            ("dnsbl-ttl", &self.dnsbl_ttl),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))

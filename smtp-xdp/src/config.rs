@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use smtp_xdp_common::{limiter::Gcra, policy_flags, Policy, MAX_PORTS};
 use thiserror::Error;
 
-use crate::units::{self, Duration, Rate, ValueError, NS_PER_SEC};
+use crate::{
+    dnsbl::{ResolverSetting, Sites},
+    units::{self, Duration, Rate, ValueError, NS_PER_SEC},
+};
 
 pub const DEFAULT_CONFIG: &str = "/etc/smtp-xdp/smtp-xdp.toml";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9925";
@@ -215,6 +218,15 @@ pub struct Settings {
     pub batv_grace: Duration,
     /// Local parts (in every BATV domain) or whole addresses that take untagged bounces.
     pub batv_exempt_recipients: Vec<String>,
+    /// DNS block and allow lists, postscreen's syntax; none = DNSBL lookups off.
+    pub dnsbl_sites: Sites,
+    /// A score at or above this bans the source (reason `dnsbl`).
+    pub dnsbl_threshold: i32,
+    /// A score at or below this marks a trusted relay (never banned by any limit).
+    pub dnsbl_allow_threshold: i32,
+    pub dnsbl_resolver: ResolverSetting,
+    /// The longest time an answer is used (postscreen's `postscreen_dnsbl_ttl`).
+    pub dnsbl_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -256,6 +268,11 @@ impl Default for Settings {
             batv_mode: BatvMode::Monitor,
             batv_grace: Duration::secs(7 * 86_400),
             batv_exempt_recipients: vec!["postmaster".into(), "abuse".into()],
+            dnsbl_sites: Sites::default(),
+            dnsbl_threshold: 3,
+            dnsbl_allow_threshold: -1,
+            dnsbl_resolver: ResolverSetting::System,
+            dnsbl_ttl: Duration::secs(3600),
         }
     }
 }
@@ -505,7 +522,27 @@ impl Settings {
                 return bad("batv-domains needs socketmap-listen: Postfix signs senders and strips tags through it".into());
             }
         }
+        if self.dnsbl_threshold < 1 {
+            return bad(format!(
+                "dnsbl-threshold {} would ban sources no list names (a score of 0): use 1 or more",
+                self.dnsbl_threshold
+            ));
+        }
+        if self.dnsbl_allow_threshold >= 0 {
+            return bad(format!(
+                "dnsbl-allow-threshold {} would trust sources no allowlist names (a score of 0): use -1 or less",
+                self.dnsbl_allow_threshold
+            ));
+        }
+        if self.dnsbl_ttl.0 < NS_PER_SEC {
+            return bad("dnsbl-ttl must be at least 1s".into());
+        }
         Ok(())
+    }
+
+    /// Whether DNS list lookups are on (some list is configured).
+    pub fn dnsbl_on(&self) -> bool {
+        !self.dnsbl_sites.is_empty()
     }
 
     /// Whether BATV is on (some domain is configured).
@@ -637,6 +674,19 @@ impl Settings {
             "batv-mode" => self.batv_mode = value.parse()?,
             "batv-grace" => self.batv_grace = value.parse()?,
             "batv-exempt-recipients" => self.batv_exempt_recipients = parse_recipients(value)?,
+            "dnsbl-sites" => {
+                self.dnsbl_sites = if is_off(value) {
+                    Sites::default()
+                } else {
+                    value.parse()?
+                }
+            }
+            "dnsbl-threshold" => self.dnsbl_threshold = parse_score("dnsbl-threshold", value)?,
+            "dnsbl-allow-threshold" => {
+                self.dnsbl_allow_threshold = parse_score("dnsbl-allow-threshold", value)?
+            }
+            "dnsbl-resolver" => self.dnsbl_resolver = value.parse()?,
+            "dnsbl-ttl" => self.dnsbl_ttl = value.parse()?,
             "rate" => self.rate = value.parse()?,
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
@@ -772,6 +822,15 @@ impl Settings {
             "batv-exempt-recipients" => {
                 V::Array(self.batv_exempt_recipients.iter().cloned().map(s).collect())
             }
+            "dnsbl-sites" => s(if self.dnsbl_on() {
+                self.dnsbl_sites.to_string()
+            } else {
+                "off".into()
+            }),
+            "dnsbl-threshold" => V::Integer(self.dnsbl_threshold as i64),
+            "dnsbl-allow-threshold" => V::Integer(self.dnsbl_allow_threshold as i64),
+            "dnsbl-resolver" => s(self.dnsbl_resolver.to_string()),
+            "dnsbl-ttl" => s(self.dnsbl_ttl.to_string()),
             _ => return None,
         })
     }
@@ -864,6 +923,11 @@ pub const ALL_KEYS: &[&str] = &[
     "batv-mode",
     "batv-grace",
     "batv-exempt-recipients",
+    "dnsbl-sites",
+    "dnsbl-threshold",
+    "dnsbl-allow-threshold",
+    "dnsbl-resolver",
+    "dnsbl-ttl",
 ];
 
 /// Keys `smtp-xdp set` changes in a running instance (those the kernel policy holds).
@@ -909,6 +973,15 @@ fn parse_files(value: &str) -> Result<Vec<PathBuf>, ValueError> {
             }
         })
         .collect()
+}
+
+/// A DNS list score (a whole number, negative allowed).
+fn parse_score(what: &'static str, value: &str) -> Result<i32, ValueError> {
+    value.trim().parse().map_err(|_| ValueError::Other {
+        what,
+        value: value.into(),
+        hint: "use a whole number (a score: the sum of the weights of the lists that answered)",
+    })
 }
 
 fn parse_count(what: &'static str, value: &str) -> Result<u64, ValueError> {
@@ -1089,10 +1162,51 @@ mod tests {
     }
 
     #[test]
+    fn dnsbl_keys() {
+        let mut s = Settings::default();
+        assert!(!s.dnsbl_on(), "off unless configured");
+        s.apply_key(
+            "dnsbl-sites",
+            "zen.spamhaus.org=127.0.0.[2..11]*3, bl.spamcop.net*2, list.dnswl.org=127.0.[0..255].[1..3]*-5",
+        )
+        .unwrap();
+        assert!(s.dnsbl_on());
+        assert_eq!(s.dnsbl_sites.sites.len(), 3);
+        assert!(s.apply_key("dnsbl-sites", "zen.example=127.0.0.x").is_err());
+        s.apply_key("dnsbl-threshold", "5").unwrap();
+        s.apply_key("dnsbl-allow-threshold", "-2").unwrap();
+        s.apply_key("dnsbl-resolver", "127.0.0.1:5353").unwrap();
+        s.apply_key("dnsbl-ttl", "30m").unwrap();
+        s.validate().unwrap();
+        assert_eq!(
+            (s.dnsbl_threshold, s.dnsbl_allow_threshold, s.dnsbl_ttl),
+            (5, -2, Duration::secs(1800))
+        );
+        assert_eq!(s.value_text("dnsbl-resolver"), "127.0.0.1:5353");
+        for (k, v, why) in [
+            ("dnsbl-threshold", "0", "would ban sources no list names"),
+            (
+                "dnsbl-allow-threshold",
+                "0",
+                "would trust sources no allowlist names",
+            ),
+            ("dnsbl-ttl", "0s", "at least 1s"),
+        ] {
+            let mut bad = s.clone();
+            bad.apply_key(k, v).unwrap();
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{k}={v}: {e}");
+        }
+        assert!(s.apply_key("dnsbl-threshold", "many").is_err());
+        s.apply_key("dnsbl-sites", "off").unwrap();
+        assert!(!s.dnsbl_on());
+        assert_eq!(s.value_text("dnsbl-sites"), "off");
+    }
+
+    #[test]
     fn effective_settings_print_as_a_config_that_parses_back() {
         let p = Path::new("t.toml");
-        let text =
-            "rate = \"600/min\"\ndry-run = true\nglobal-rate = \"5/s\"\nports = [25, 2525]\n";
+        let text = "rate = \"600/min\"\ndry-run = true\nglobal-rate = \"5/s\"\nports = [25, 2525]\ndnsbl-sites = \"bl.example=127.0.0.[2;4..11]*3, wl.example*-5\"\n";
         let f = Overrides::parse(p, text).unwrap();
         let mut s = Settings::default();
         f.apply(&mut s).unwrap();

@@ -135,6 +135,7 @@ fn event_name(kind: u32) -> &'static str {
         event_kind::FIRST_DROP => "first_drop",
         event_kind::BOUNCE_LIMIT => "bounce_limit",
         event_kind::BACKSCATTER => "backscatter",
+        event_kind::TRUSTED => "trusted",
         _ => "unknown",
     }
 }

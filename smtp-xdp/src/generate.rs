@@ -299,7 +299,8 @@ mod tests {
                 continue;
             };
             let real = defaults.value_text(key);
-            if real == "(unset)" || (real.is_empty() && stated == "none") {
+            let off = |v: &str| matches!(v, "" | "none" | "off");
+            if real == "(unset)" || (off(&real) && off(&stated)) {
                 continue;
             }
             assert_eq!(stated, real, "--{key} says [default: {stated}]");

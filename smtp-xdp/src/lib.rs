@@ -5,6 +5,7 @@ pub mod batv;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dnsbl;
 pub mod events;
 pub mod host;
 pub mod listener;

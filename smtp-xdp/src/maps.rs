@@ -14,7 +14,7 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_xdp_common::{
     names, port_flags, present, select, Ban, Counter, Meta, Policy, PortStats, SourceKey,
-    SourceState, UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
+    SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
 };
 use thiserror::Error;
 
@@ -94,6 +94,7 @@ pub struct Maps {
     pub global_guard: Array<MapData, u64>,
     pub storm: Array<MapData, u32>,
     pub meta: Array<MapData, Meta>,
+    pub trusted: HashMap<MapData, SourceKey, Trust>,
 }
 
 /// Where maps come from: a loaded program or a pin directory.
@@ -172,6 +173,7 @@ impl Maps {
             global_guard: take(s, names::GLOBAL_GUARD)?,
             storm: take(s, names::STORM)?,
             meta: take(s, names::META)?,
+            trusted: take(s, names::TRUSTED)?,
         })
     }
 
@@ -594,6 +596,42 @@ impl Maps {
             removed += self.unban_source(&k)? as u64;
         }
         Ok(removed)
+    }
+
+    // --- trusted relays ----------------------------------------------------------------------
+
+    /// Marks a source as a trusted relay until `trust.until`. The caller holds the lists lock
+    /// (the `present` bit is set first, so the kernel never skips a map holding an entry).
+    pub fn trust(&mut self, key: &SourceKey, trust: &Trust) -> Result<()> {
+        self.set_present(present::TRUSTED, true)?;
+        self.trusted
+            .insert(key, trust, 0)
+            .map_err(map_err(names::TRUSTED))
+    }
+
+    /// Removes a source's trust; true if it had one. The caller holds the lists lock.
+    pub fn untrust(&mut self, key: &SourceKey) -> Result<bool> {
+        let removed = remove_existing(self.trusted.remove(key)).map_err(map_err(names::TRUSTED))?;
+        let empty = self.trusted.keys().next().is_none();
+        self.refresh_present(present::TRUSTED, empty)?;
+        Ok(removed)
+    }
+
+    /// A source's trust entry (in force or expired), if any.
+    pub fn trust_of(&self, key: &SourceKey) -> Result<Option<Trust>> {
+        match self.trusted.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::TRUSTED)(e)),
+        }
+    }
+
+    /// Every trust entry.
+    pub fn trusted_entries(&self) -> Result<Vec<(SourceKey, Trust)>> {
+        self.trusted
+            .iter()
+            .map(|r| r.map_err(map_err(names::TRUSTED)))
+            .collect()
     }
 
     // --- sources -----------------------------------------------------------------------------

@@ -29,6 +29,9 @@ pub struct Cache {
     pub would_bans_active: u64,
     pub bans_stored: u64,
     pub attached: bool,
+    /// DNS list answers cached, and trusted relays in force (the DNSBL service).
+    pub dnsbl_cached: u64,
+    pub dnsbl_trusted: u64,
 }
 
 /// Everything a scrape shows.
@@ -119,6 +122,7 @@ pub fn packet_labels(c: Counter) -> Option<(&'static str, &'static str)> {
         Counter::PassSmtpOther => ("pass", "established"),
         Counter::SynAdmitted => ("pass", "admitted"),
         Counter::SynAllowlisted => ("pass", "allowlisted"),
+        Counter::SynTrusted => ("pass", "trusted"),
         Counter::NoPolicy => ("pass", "no_policy"),
         Counter::DropDeny => ("drop", "deny"),
         Counter::DropBan => ("drop", "ban"),
@@ -291,6 +295,13 @@ impl Collector for Exporter {
                     ],
                     s.user(UserCounter::BansManual),
                 ),
+                (
+                    vec![
+                        ("reason", "dnsbl".to_string()),
+                        ("origin", "dnsbl".to_string()),
+                    ],
+                    s.user(UserCounter::BansDnsbl),
+                ),
             ],
         )?;
         counters(
@@ -318,6 +329,13 @@ impl Collector for Exporter {
                         ("origin", "policy".to_string()),
                     ],
                     s.user(UserCounter::WouldBansBouncesPolicy),
+                ),
+                (
+                    vec![
+                        ("reason", "dnsbl".to_string()),
+                        ("origin", "dnsbl".to_string()),
+                    ],
+                    s.user(UserCounter::WouldBansDnsbl),
                 ),
             ],
         )?;
@@ -450,6 +468,70 @@ impl Collector for Exporter {
             s.user(UserCounter::SocketmapRequests),
         )?;
         counter(&mut enc, "socketmap_errors", "Postfix socketmap connections or requests refused (malformed, oversized, timed out, too many, unknown map).", s.user(UserCounter::SocketmapErrors))?;
+        counters(
+            &mut enc,
+            "dnsbl_lookups",
+            "DNS list lookups of a source (every list asked), by result: listed (banned), trusted (a trusted relay), neutral, error (a list gave no answer: nothing decided).",
+            [
+                ("listed", UserCounter::DnsblListed),
+                ("trusted", UserCounter::DnsblTrusted),
+                ("neutral", UserCounter::DnsblNeutral),
+                ("error", UserCounter::DnsblErrors),
+            ]
+            .map(|(result, c)| (vec![("result", result.to_string())], s.user(c))),
+        )?;
+        counter(
+            &mut enc,
+            "dnsbl_lookups_dropped",
+            "DNS list lookups not made: the queue was full or the lookup rate spent.",
+            s.user(UserCounter::DnsblDropped),
+        )?;
+        counter(
+            &mut enc,
+            "dnsbl_cache_hits",
+            "Sources answered from the DNS list cache without a lookup.",
+            s.user(UserCounter::DnsblCacheHits),
+        )?;
+        gauge(
+            &mut enc,
+            "dnsbl_cache_entries",
+            "DNS list answers cached (positive and negative).",
+            c.dnsbl_cached as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "dnsbl_trusted_relays",
+            "Trusted relays in force (DNS allowlist answers not yet expired).",
+            c.dnsbl_trusted as f64,
+        )?;
+        counters(
+            &mut enc,
+            "trusted_over_limit",
+            "What trusted relays sent over the limits, admitted or only counted instead of banned: SYNs over the rate, bounces over the bounce limit (per segment in the kernel, per message through the policy service).",
+            [
+                ("syns", "kernel", s.get(Counter::SynTrusted)),
+                ("bounces", "kernel", s.get(Counter::TrustedBounces)),
+                ("bounces", "policy", s.user(UserCounter::TrustedBouncesPolicy)),
+            ]
+            .map(|(what, origin, n)| {
+                (
+                    vec![("what", what.to_string()), ("origin", origin.to_string())],
+                    n,
+                )
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "trusted_refusals",
+            "Messages of trusted relays the policy service refused one by one (450 over the bounce limit, or 550 backscatter).",
+            s.user(UserCounter::TrustedRefusals),
+        )?;
+        counter(
+            &mut enc,
+            "trusted_bans_lifted",
+            "Automatic bans lifted because the source turned out to be a trusted relay (its first crossing came before the answer).",
+            s.user(UserCounter::TrustedBansLifted),
+        )?;
         if let Some(p) = &s.policy {
             gauge(
                 &mut enc,
@@ -569,6 +651,14 @@ pub const FAMILIES: &[&str] = &[
     "smtp_xdp_batv_signatures_total",
     "smtp_xdp_socketmap_requests_total",
     "smtp_xdp_socketmap_errors_total",
+    "smtp_xdp_dnsbl_lookups_total",
+    "smtp_xdp_dnsbl_lookups_dropped_total",
+    "smtp_xdp_dnsbl_cache_hits_total",
+    "smtp_xdp_dnsbl_cache_entries",
+    "smtp_xdp_dnsbl_trusted_relays",
+    "smtp_xdp_trusted_over_limit_total",
+    "smtp_xdp_trusted_refusals_total",
+    "smtp_xdp_trusted_bans_lifted_total",
     "smtp_xdp_policy_syn_rate_per_second",
     "smtp_xdp_policy_syn_burst",
     "smtp_xdp_policy_bounce_rate_per_second",

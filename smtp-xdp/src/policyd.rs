@@ -20,9 +20,9 @@ use tokio::{
 };
 
 use smtp_xdp_common::{
-    ban_reason, bans,
+    bans,
     decide::{self, BanEnv, BounceVerdict},
-    event_kind, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
+    event_kind, source_flags, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
 };
 
 pub use crate::listener::{bind, Bound};
@@ -329,12 +329,18 @@ pub struct Recorded {
     pub banned: Option<Ban>,
     /// The source is serving a ban (issued now or before).
     pub serving_ban: bool,
+    /// A trusted relay (never banned) whose last bounce, charged by the kernel or by this
+    /// message's first recipient, was over the limit: its message is refused like any
+    /// over-limit one.
+    pub trusted_full: bool,
 }
 
 /// The penalty box seen from userspace, for [`decide::ban_source`].
 struct UserBans<'m> {
     maps: &'m mut Maps,
     key: SourceKey,
+    /// The full address (events carry it: DNS lists are asked per address).
+    addr: [u8; 16],
     events: Vec<Event>,
     now: u64,
     /// The source's bounce count, the value of a bounce-limit event (as in the kernel).
@@ -355,6 +361,7 @@ impl BanEnv for UserBans<'_> {
             kind,
             key: self.key,
             at: self.now,
+            addr: self.addr,
             ..Event::default()
         };
         if let Some(b) = ban {
@@ -371,10 +378,33 @@ impl BanEnv for UserBans<'_> {
         let c = match counter {
             Counter::BansBounces => UserCounter::BansBouncesPolicy,
             Counter::WouldBansBounces => UserCounter::WouldBansBouncesPolicy,
+            Counter::TrustedBounces => UserCounter::TrustedBouncesPolicy,
             _ => return,
         };
         let _ = self.maps.add_user_counter(c, 1);
     }
+
+    fn trusted(&mut self, now: u64) -> bool {
+        trusted(self.maps, &self.key, now)
+    }
+}
+
+/// Whether the source `key` is a trusted relay at `now` (a DNS allowlist answer in force).
+pub fn trusted(maps: &Maps, key: &SourceKey, now: u64) -> bool {
+    maps.trust_of(key)
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.holds(now))
+}
+
+/// The address bytes events carry (IPv4 in the first four).
+pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    match crate::units::canonical_addr(addr) {
+        IpAddr::V4(a) => b[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => b = a.octets(),
+    }
+    b
 }
 
 /// Whether `addr` is on the allowlist (never limited, never banned).
@@ -427,6 +457,7 @@ pub fn treat(req: &Request, policy: &Policy, verdict: Verdict, enforce: bool) ->
             charge: Charge {
                 count,
                 charge: false,
+                peek: false,
             },
             refuse: None,
             may_defer: false,
@@ -435,18 +466,23 @@ pub fn treat(req: &Request, policy: &Policy, verdict: Verdict, enforce: bool) ->
             charge: Charge {
                 count,
                 charge: first,
+                peek: false,
             },
             refuse: Some(why),
             may_defer: false,
         },
-        _ => Treatment {
-            charge: Charge {
-                count,
-                charge: first && (unseen || policy.bounces_judged()),
-            },
-            refuse: None,
-            may_defer: true,
-        },
+        _ => {
+            let charge = first && (unseen || policy.bounces_judged());
+            Treatment {
+                charge: Charge {
+                    count,
+                    charge,
+                    peek: !charge,
+                },
+                refuse: None,
+                may_defer: true,
+            }
+        }
     }
 }
 
@@ -458,6 +494,9 @@ pub struct Charge {
     pub count: bool,
     /// Charge it to the source's bounce bucket.
     pub charge: bool,
+    /// Not charged here (the kernel charged it, or an earlier recipient did): for a trusted
+    /// relay, which is never banned, look at whether that charge was over the limit.
+    pub peek: bool,
 }
 
 /// Records one bounce reported by Postfix for `addr` with the shared decision logic: its count,
@@ -497,23 +536,30 @@ pub fn record_bounce(
     let mut env = UserBans {
         maps,
         key,
+        addr: addr_bytes(addr),
         events: Vec::new(),
         now,
         bounces,
     };
     let mut banned = None;
     if over_limit {
-        env.event(event_kind::BOUNCE_LIMIT, None, now);
-        banned = decide::ban_source(&mut env, ban_reason::BOUNCES, policy, now);
+        banned = decide::bounce_over_limit(&mut env, policy, now);
     }
     let serving_ban = env
         .ban_entry()
         .is_some_and(|b| bans::in_force(&b, now, policy.dry_run()));
+    let trusted_full = what.peek
+        && env.trusted(now)
+        && env
+            .maps
+            .source(&key)?
+            .is_some_and(|st| st.flags & source_flags::BOUNCE_OVER != 0);
     events.append(&mut env.events);
     Ok(Recorded {
         over_limit,
         banned,
         serving_ban,
+        trusted_full,
     })
 }
 
@@ -675,7 +721,16 @@ mod tests {
         };
         let plain = mk("", "25", "", true);
         let tls = mk("", "25", "TLSv1.3", true);
-        let c = |count, charge| Charge { count, charge };
+        let c = |count, charge| Charge {
+            count,
+            charge,
+            peek: false,
+        };
+        let p = |count| Charge {
+            count,
+            charge: false,
+            peek: true,
+        };
         use Verdict::*;
         // A valid bounce: counted where the kernel could not see it, never charged, never 450.
         for (r, count) in [(&plain, false), (&tls, true)] {
@@ -707,11 +762,14 @@ mod tests {
         // Later recipients of the same message: nothing more is counted or charged.
         let t = treat(&mk("", "25", "TLSv1.3", false), &judged, bs, true);
         assert_eq!((t.charge, t.refuse.is_some()), (c(false, false), true));
-        // Without BATV the kernel charges plaintext bounces itself.
+        // Without BATV the kernel charges plaintext bounces itself (a trusted relay's full
+        // bucket is looked at).
         judged.flags = 0;
+        assert_eq!(treat(&plain, &judged, NotOurs, false).charge, p(false));
         assert_eq!(
-            treat(&plain, &judged, NotOurs, false).charge,
-            c(false, false)
+            treat(&mk("", "25", "TLSv1.3", false), &judged, NotOurs, false).charge,
+            p(false),
+            "a later recipient"
         );
         assert_eq!(treat(&tls, &judged, NotOurs, false).charge, c(true, true));
         // Not a bounce: nothing.

@@ -55,6 +55,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         probe: || is_program_supported(ProgramType::Xdp).map_err(|e| crate::program::chain(&e)),
     },
     Requirement {
+        what: "hash maps (the penalty box, trusted relays)",
+        since: "3.19",
+        probe: || map(MapType::Hash),
+    },
+    Requirement {
         what: "LRU hash maps (the per-source table)",
         since: "4.10",
         probe: || map(MapType::LruHash),

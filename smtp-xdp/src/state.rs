@@ -101,6 +101,7 @@ pub fn reason_name(reason: u32) -> &'static str {
         ban_reason::RATE => "rate",
         ban_reason::BOUNCES => "bounces",
         ban_reason::MANUAL => "manual",
+        ban_reason::DNSBL => "dnsbl",
         _ => "unknown",
     }
 }
@@ -110,6 +111,7 @@ fn reason_code(name: &str) -> Option<u32> {
         "rate" => Some(ban_reason::RATE),
         "bounces" => Some(ban_reason::BOUNCES),
         "manual" => Some(ban_reason::MANUAL),
+        "dnsbl" => Some(ban_reason::DNSBL),
         _ => None,
     }
 }
@@ -426,15 +428,26 @@ mod tests {
             format: FORMAT,
             saved_at: 1_795_000_000,
             iface: "veth0".into(),
-            bans: vec![SavedBan {
-                target: "198.18.0.7/32".into(),
-                kind: "source".into(),
-                until: 1_795_000_600,
-                since: 1_795_000_000,
-                level: 2,
-                reason: "rate".into(),
-                would: false,
-            }],
+            bans: vec![
+                SavedBan {
+                    target: "198.18.0.7/32".into(),
+                    kind: "source".into(),
+                    until: 1_795_000_600,
+                    since: 1_795_000_000,
+                    level: 2,
+                    reason: "rate".into(),
+                    would: false,
+                },
+                SavedBan {
+                    target: "198.18.0.8/32".into(),
+                    kind: "source".into(),
+                    until: 1_795_000_600,
+                    since: 1_795_000_000,
+                    level: 0,
+                    reason: "dnsbl".into(),
+                    would: false,
+                },
+            ],
             allow: vec!["192.0.2.0/24".into()],
             deny: vec!["2001:db8::/32".into()],
             overrides: BTreeMap::new(),
@@ -452,8 +465,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         let d = StateFile::load(&p).unwrap().unwrap().decode(&p).unwrap();
-        assert_eq!(d.bans.len(), 1);
+        assert_eq!(d.bans.len(), 2);
         assert_eq!(d.bans[0].ban.level, 2);
+        assert_eq!(d.bans[1].ban.reason, ban_reason::DNSBL);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -49,6 +49,17 @@ pub const USER_COUNTER_NAMES: [(UserCounter, &str); UserCounter::COUNT as usize]
     (UserCounter::BatvSignatures, "batv_signatures"),
     (UserCounter::SocketmapRequests, "socketmap_requests"),
     (UserCounter::SocketmapErrors, "socketmap_errors"),
+    (UserCounter::DnsblListed, "dnsbl_listed"),
+    (UserCounter::DnsblTrusted, "dnsbl_trusted"),
+    (UserCounter::DnsblNeutral, "dnsbl_neutral"),
+    (UserCounter::DnsblErrors, "dnsbl_errors"),
+    (UserCounter::DnsblDropped, "dnsbl_dropped"),
+    (UserCounter::DnsblCacheHits, "dnsbl_cache_hits"),
+    (UserCounter::BansDnsbl, "bans_dnsbl"),
+    (UserCounter::WouldBansDnsbl, "would_bans_dnsbl"),
+    (UserCounter::TrustedBouncesPolicy, "trusted_bounces_policy"),
+    (UserCounter::TrustedRefusals, "trusted_refusals"),
+    (UserCounter::TrustedBansLifted, "trusted_bans_lifted"),
 ];
 
 impl Snapshot {

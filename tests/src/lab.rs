@@ -284,6 +284,10 @@ impl Lab {
             "--state-dir",
             state.to_str().unwrap(),
         ]);
+        let no_config = self.no_config();
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
+        }
         if !args.contains(&"--metrics-listen") {
             all.extend(["--metrics-listen", "off"]);
         }
@@ -333,6 +337,9 @@ impl Lab {
         if !args.contains(&"--metrics-listen") {
             cmd.extend(["--metrics-listen".into(), "off".into()]);
         }
+        if !args.contains(&"--config") {
+            cmd.extend(["--config".into(), self.no_config()]);
+        }
         cmd.extend(args.iter().map(|s| s.to_string()));
         let quoted: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
         let script = format!(
@@ -372,6 +379,16 @@ impl Lab {
         c
     }
 
+    /// An empty config file of the lab's: controllers the tests start never read the machine's
+    /// own /etc/smtp-xdp/smtp-xdp.toml (a package test may install one at any time).
+    pub fn no_config(&self) -> String {
+        let p = self.dir.join("empty.toml");
+        if !p.exists() {
+            std::fs::write(&p, "# settings come from the test's flags\n").expect("empty config");
+        }
+        p.display().to_string()
+    }
+
     /// Stops a controller with SIGTERM and requires a clean exit (code 0).
     pub fn stop_controller(&mut self, pid: u32) {
         signal(pid, libc::SIGTERM);
@@ -407,6 +424,10 @@ impl Lab {
         // The lab's state directory unless told otherwise: the default one is the package's.
         if !args.contains(&"--state-dir") {
             all.extend(["--state-dir", state.to_str().unwrap()]);
+        }
+        let no_config = self.no_config();
+        if !args.contains(&"--config") {
+            all.extend(["--config", &no_config]);
         }
         all.extend_from_slice(args);
         let out = Self::in_net(&self.server_ns, &all)

@@ -205,3 +205,4 @@ pub fn stat(iface: &str, name: &str) -> u64 {
 
 pub mod gen;
 pub mod model;
+pub mod nsd;

@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use smtp_xdp::config::Settings;
 use smtp_xdp_common::{
-    bans, bounce,
+    bans,
+    bans::Offence,
+    bounce,
     decide::{self, BanEnv, BounceVerdict, RateOutcome, SynEnv, SynVerdict, XDP_DROP, XDP_PASS},
     event_kind,
     limiter::Gcra,
     parse::{self, Segment, Skip},
-    port_flags, Ban, Counter, Policy, PortStats, SourceKey, SourceState, FAMILY_V4, MAX_PORTS,
-    SCAN_WINDOW,
+    port_flags, Ban, Counter, Policy, PortStats, SourceKey, SourceState, Trust, FAMILY_V4,
+    MAX_PORTS, SCAN_WINDOW,
 };
 
 pub struct Model {
@@ -26,6 +28,8 @@ pub struct Model {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub banned_nets: Vec<(IpNet, Ban)>,
+    /// Trusted relays (DNS allowlist answers), as the controller writes them.
+    pub trusted: HashMap<SourceKey, Trust>,
     pub counters: [u64; Counter::COUNT as usize],
     pub port_stats: [PortStats; MAX_PORTS],
     pub global: [u64; MAX_PORTS],
@@ -58,6 +62,7 @@ impl Model {
             allow: Vec::new(),
             deny: Vec::new(),
             banned_nets: Vec::new(),
+            trusted: HashMap::new(),
             counters: [0; Counter::COUNT as usize],
             port_stats: [PortStats::default(); MAX_PORTS],
             global: [0; MAX_PORTS],
@@ -101,7 +106,9 @@ impl Model {
             let (counter, action) = verdict.outcome(policy.dry_run());
             let stats = &mut self.port_stats[slot as usize];
             match (verdict, action) {
-                (SynVerdict::Admitted | SynVerdict::Allowlisted, _) => stats.syn_admitted += 1,
+                (SynVerdict::Admitted | SynVerdict::Allowlisted | SynVerdict::Trusted, _) => {
+                    stats.syn_admitted += 1
+                }
                 (_, XDP_DROP) => stats.syn_dropped += 1,
                 _ => stats.syn_would_drop += 1,
             }
@@ -150,8 +157,7 @@ impl Model {
                 key,
                 slot: 0,
             };
-            env.event(event_kind::BOUNCE_LIMIT, None, now);
-            decide::ban_source(&mut env, smtp_xdp_common::ban_reason::BOUNCES, policy, now);
+            decide::bounce_over_limit(&mut env, policy, now);
         }
     }
 }
@@ -209,6 +215,10 @@ impl BanEnv for Env<'_> {
     fn count(&mut self, c: Counter) {
         self.m.count(c, 1);
     }
+
+    fn trusted(&mut self, now: u64) -> bool {
+        self.m.trusted.get(&self.key).is_some_and(|t| t.holds(now))
+    }
 }
 
 impl SynEnv for Env<'_> {
@@ -241,7 +251,7 @@ impl SynEnv for Env<'_> {
         }
     }
 
-    fn source_rate(&mut self, gcra: &Gcra, policy: &Policy, now: u64) -> RateOutcome {
+    fn source_rate(&mut self, gcra: &Gcra, now: u64) -> RateOutcome {
         self.state_or_create();
         let st = self.m.sources.get_mut(&self.key).expect("created");
         st.syns += 1;
@@ -251,11 +261,14 @@ impl SynEnv for Env<'_> {
                 st.syn_tat = t;
                 RateOutcome::Admitted
             }
-            None => {
-                st.drops += 1;
-                RateOutcome::Rejected(bans::record_rate_drop(st, now, policy))
-            }
+            None => RateOutcome::OverRate,
         }
+    }
+
+    fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence {
+        let st = self.m.sources.get_mut(&self.key).expect("charged first");
+        st.drops += 1;
+        bans::record_rate_drop(st, now, policy)
     }
 
     fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool {

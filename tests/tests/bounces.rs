@@ -185,6 +185,7 @@ fn with_batv_the_kernel_only_counts_and_the_policy_service_charges() {
     let charge = smtp_xdp::policyd::Charge {
         count: false,
         charge: true,
+        peek: false,
     };
     let now = smtp_xdp::clock::boot_ns();
     let addr = relay.parse().unwrap();
@@ -236,4 +237,106 @@ fn allowlisted_sources_bounce_freely() {
         );
     }
     assert_eq!(k.counter(Counter::BansBounces), 0);
+}
+
+#[test]
+fn trusted_relays_are_counted_over_the_limits_and_never_banned() {
+    require_bpf!();
+    let mut s = settings(2);
+    s.burst = 2;
+    s.ban_threshold = 2;
+    let mut k = Kernel::load(&s);
+    let relay = "198.18.46.1";
+    let addr: std::net::IpAddr = relay.parse().unwrap();
+    let policy = k.policy();
+    let key = addr_key(addr, &policy);
+    let now = smtp_xdp::clock::boot_ns();
+    let trust = smtp_xdp_common::Trust {
+        until: now + 3_600_000_000_000,
+        since: now,
+        addr: key.addr,
+        score: -5,
+        _reserved: 0,
+    };
+    k.maps.trust(&key, &trust).unwrap();
+    // SYNs over the rate: admitted and counted as trusted, never a drop or a ban.
+    let syn = Frame::syn(relay, 25).build();
+    for i in 0..20 {
+        assert_eq!(k.run(&syn), XDP_PASS, "SYN {i}");
+    }
+    assert_eq!(k.counter(Counter::SynAdmitted), 2);
+    assert_eq!(k.counter(Counter::SynTrusted), 18);
+    assert_eq!(k.counter(Counter::DropRate), 0);
+    // Plaintext bounces over the limit: counted, no event, no ban.
+    for _ in 0..10 {
+        assert_eq!(bounces(&k, relay, 25, b"MAIL FROM:<>\r\n"), (XDP_PASS, 1));
+    }
+    assert_eq!(k.counter(Counter::TrustedBounces), 8);
+    assert_eq!(
+        k.counter(Counter::BansBounces) + k.counter(Counter::BansRate),
+        0
+    );
+    assert!(
+        k.maps.bans.get(&key, 0).is_err(),
+        "never in the penalty box"
+    );
+    // The policy service: a bounce the kernel charged is looked at (the bucket is full), so
+    // the message can be refused; a charged one is over the limit and still not banned.
+    let mut events = Vec::new();
+    let peek = smtp_xdp::policyd::Charge {
+        count: false,
+        charge: false,
+        peek: true,
+    };
+    let r = smtp_xdp::policyd::record_bounce(
+        &mut k.maps,
+        addr,
+        &policy,
+        false,
+        peek,
+        smtp_xdp::clock::boot_ns(),
+        &mut events,
+    )
+    .unwrap();
+    assert!(r.trusted_full && !r.serving_ban && r.banned.is_none());
+    let charge = smtp_xdp::policyd::Charge {
+        count: true,
+        charge: true,
+        peek: false,
+    };
+    let r = smtp_xdp::policyd::record_bounce(
+        &mut k.maps,
+        addr,
+        &policy,
+        false,
+        charge,
+        smtp_xdp::clock::boot_ns(),
+        &mut events,
+    )
+    .unwrap();
+    assert!(r.over_limit && r.banned.is_none() && !r.serving_ban);
+    assert!(
+        events.is_empty(),
+        "no bounce-limit event, no ban: {events:?}"
+    );
+    assert_eq!(
+        k.maps
+            .user_counter(smtp_xdp_common::UserCounter::TrustedBouncesPolicy)
+            .unwrap(),
+        1
+    );
+    // The trust expires: the next drops count and ban as for anyone.
+    let mut expired = trust;
+    expired.until = smtp_xdp::clock::boot_ns();
+    k.maps.trust(&key, &expired).unwrap();
+    assert_eq!(k.run(&syn), XDP_DROP);
+    assert_eq!(k.run(&syn), XDP_DROP);
+    assert_eq!(k.counter(Counter::BansRate), 1);
+    assert_eq!(k.run(&syn), XDP_DROP);
+    // Removed: the kernel skips the (now empty) map again.
+    assert!(k.maps.untrust(&key).unwrap());
+    assert_eq!(
+        k.maps.present().unwrap() & smtp_xdp_common::present::TRUSTED,
+        0
+    );
 }

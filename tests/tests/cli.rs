@@ -33,31 +33,39 @@ fn check_failure(args: &[&str], o: Output, msg: &str) {
 fn bad_run_arguments_are_refused_in_one_line() {
     require_bpf!();
     fails_with(
-        &["run", "--rate", "0/s"],
+        &["run", "--rate", "0/s", "--config", "/dev/null"],
         "command line: rate: invalid rate \"0/s\": use COUNT/UNIT with a COUNT of at least 1, e.g. 30/min, 5/s, 100/h",
     );
     fails_with(
-        &["run", "--ports", "25,0"],
+        &["run", "--ports", "25,0", "--config", "/dev/null"],
         "command line: ports: invalid port \"0\": use a number from 1 to 65535",
     );
     fails_with(
-        &["run", "--ipv6-prefix", "129"],
+        &["run", "--ipv6-prefix", "129", "--config", "/dev/null"],
         "command line: ipv6-prefix: invalid IPv6 prefix length \"129\": use a number from 1 to 128",
     );
     fails_with(
-        &["run", "--burst", "0"],
+        &["run", "--burst", "0", "--config", "/dev/null"],
         "command line: burst: invalid burst \"0\": use a whole number of at least 1",
     );
     fails_with(
-        &["run", "--ban-time", "forever"],
+        &["run", "--ban-time", "forever", "--config", "/dev/null"],
         "command line: ban-time: invalid duration \"forever\": use a number with a unit (ms, s, m, h, d, w), e.g. 90s, 10m, 1h30m",
     );
     fails_with(
-        &["run", "--xdp-mode", "turbo"],
+        &["run", "--xdp-mode", "turbo", "--config", "/dev/null"],
         "command line: xdp-mode: invalid XDP mode \"turbo\": use auto, native or skb",
     );
     fails_with(
-        &["run", "--iface", "sxnothere0", "--metrics-listen", "off"],
+        &[
+            "run",
+            "--iface",
+            "sxnothere0",
+            "--metrics-listen",
+            "off",
+            "--config",
+            "/dev/null",
+        ],
         "unknown interface \"sxnothere0\": give an existing one with --iface (see `ip link`)",
     );
     fails_with(
@@ -103,7 +111,15 @@ fn not_root_is_told_to_use_sudo() {
             "--bounding-set=-all",
         ])
         .arg(smtp_xdp_bin())
-        .args(["run", "--iface", "lo", "--metrics-listen", "off"])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--metrics-listen",
+            "off",
+            "--config",
+            "/dev/null",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());

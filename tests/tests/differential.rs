@@ -7,10 +7,10 @@ use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use smtp_xdp::{
     clock,
     config::Settings,
-    maps::{key_net, List},
+    maps::{addr_key, key_net, List},
     units::{self, Rate},
 };
-use smtp_xdp_common::{Ban, Counter};
+use smtp_xdp_common::{Ban, Counter, Trust};
 use smtp_xdp_tests::{gen, model::Model, require_bpf, Kernel, XDP_DROP};
 
 fn settings(dry_run: bool, batv: bool) -> Settings {
@@ -68,6 +68,28 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let pool = gen::Pool::new(&mut rng);
+    // Trusted relays (DNS allowlist answers), identical on both sides; the first one's trust
+    // has already expired.
+    let policy = s.policy();
+    for (i, a) in pool
+        .v4
+        .iter()
+        .take(4)
+        .chain(pool.v6.iter().take(2))
+        .enumerate()
+    {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        let key = addr_key(ip, &policy);
+        let t = Trust {
+            until: if i == 0 { now } else { now + 3_600_000_000_000 },
+            since: now,
+            addr: key.addr,
+            score: -5,
+            _reserved: 0,
+        };
+        k.maps.trust(&key, &t).unwrap();
+        m.trusted.insert(key, t);
+    }
     let mut drops = 0u64;
     for i in 0..frames {
         if i == frames / 2 {
@@ -148,11 +170,13 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     }
     let c = k.counters();
     println!(
-        "seed {seed}: {frames} frames agree; {drops} dropped, {} bans, {} sources, {} bounces, {} unparsed",
+        "seed {seed}: {frames} frames agree; {drops} dropped, {} bans, {} sources, {} bounces, {} unparsed, {} trusted SYNs over the rate, {} trusted bounces over the limit",
         kbans.len(),
         m.sources.len(),
         c[Counter::BouncesKernel as usize],
-        c[Counter::PassUnparsed as usize]
+        c[Counter::PassUnparsed as usize],
+        c[Counter::SynTrusted as usize],
+        c[Counter::TrustedBounces as usize]
     );
     let refused = if dry_run {
         c[Counter::WouldDropRate as usize]
@@ -162,6 +186,10 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     assert!(
         frames < 1000 || (refused > 0 && !kbans.is_empty()),
         "the run exercised drops and bans"
+    );
+    assert!(
+        frames < 10_000 || c[Counter::SynTrusted as usize] > 0,
+        "the run exercised trusted relays over their rate"
     );
 }
 

@@ -30,6 +30,7 @@ fn reboot(lab: &Lab) {
 fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
     let bin = smtp_xdp_bin();
     let state = lab.path("state");
+    let no_config = lab.no_config();
     let mut args = vec![
         bin.to_str().unwrap(),
         "run",
@@ -39,6 +40,8 @@ fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
         "off",
         "--state-dir",
         state.to_str().unwrap(),
+        "--config",
+        &no_config,
     ];
     args.extend_from_slice(extra);
     let cmd = Lab::in_net(&lab.server_ns, &args);

@@ -105,6 +105,8 @@ fn a_failed_start_leaves_nothing_attached_or_pinned() {
             "off",
             "--state-dir",
             lab.path("state").to_str().unwrap(),
+            "--config",
+            &lab.no_config(),
         ],
     )
     .output()

@@ -116,12 +116,12 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     script += "smtp-xdp stats --json > stats.json\nkill -TERM $run\nwait $run\n";
     std::fs::write(work.join("walk.sh"), &script).unwrap();
-    // Private bpffs, run and state directories, then the server's network namespace.
-    // (A tmpfs over all of /var/lib: creating /var/lib/smtp-xdp on the root would leave it
-    // behind, and race the package test's check that a purge removes it.)
+    // Private bpffs, run, state and config directories (the machine's own, if it has any, are
+    // hidden: a package test may install them at any time), then the server's network
+    // namespace.
     std::fs::create_dir_all("/run/smtp-xdp").unwrap();
     let outer = format!(
-        "set -e\nmount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmpfs /run/smtp-xdp\nmount -t tmpfs tmpfs /var/lib\nmkdir /var/lib/smtp-xdp\nexec nsenter --net=/run/netns/{ns} bash {walk}\n",
+        "set -e\nmount -t bpf bpf /sys/fs/bpf\nmount -t tmpfs tmpfs /run/smtp-xdp\nmount -t tmpfs tmpfs /var/lib\nmkdir /var/lib/smtp-xdp\nif [ -d /etc/smtp-xdp ]; then mount -t tmpfs tmpfs /etc/smtp-xdp; fi\nexec nsenter --net=/run/netns/{ns} bash {walk}\n",
         ns = lab.server_ns,
         walk = work.join("walk.sh").display()
     );

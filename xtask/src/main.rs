@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "xdp-tools",
     "prometheus",
+    // A real authoritative DNS server for the DNSBL tests.
+    "nsd",
     "iproute2",
     "openssl",
     "curl",

@@ -97,6 +97,7 @@ fn reason_code(r: Reason) -> u32 {
         Reason::Rate => ban_reason::RATE,
         Reason::Bounces => ban_reason::BOUNCES,
         Reason::Manual => ban_reason::MANUAL,
+        Reason::Dnsbl => ban_reason::DNSBL,
     }
 }
 

@@ -6,6 +6,7 @@ mod bans;
 mod batv;
 mod check_config;
 mod detach;
+mod dnsbl;
 mod lists;
 mod set;
 mod show;
@@ -64,6 +65,7 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Detach { target } => detach::detach(&target),
         Command::CheckConfig { config, json } => check_config::check(config, json.json),
         Command::Batv { op } => batv::run(op),
+        Command::Dnsbl { op } => dnsbl::run(op),
     }
 }
 

@@ -69,12 +69,14 @@ impl Handler for PolicyService {
             let t = policyd::treat(req, &policy, verdict, enforce);
             // Monitor mode (dry-run) never refuses.
             let refuse = t.refuse.filter(|_| !policy.dry_run());
+            let key = addr_key(client, &policy);
             if let Verdict::Backscatter(why) = verdict {
                 line = Some(BackscatterLine {
                     event: Event {
                         kind: event_kind::BACKSCATTER,
-                        key: addr_key(client, &policy),
+                        key,
                         at: now,
+                        addr: policyd::addr_bytes(client),
                         ..Event::default()
                     },
                     client,
@@ -99,18 +101,28 @@ impl Handler for PolicyService {
             )
             .map_err(|e| tracing::warn!(error = %e, "policy: cannot record a bounce"))
             .ok()?;
-            if let Some(why) = refuse {
-                return Some(Answer::Refuse(why));
-            }
             let defer = action == PolicyAction::Defer
                 && !policy.dry_run()
                 && t.may_defer
-                && (rec.over_limit || rec.serving_ban);
-            Some(if defer { Answer::Defer } else { Answer::Dunno })
+                && (rec.over_limit || rec.serving_ban || rec.trusted_full);
+            let answer = match refuse {
+                Some(why) => Answer::Refuse(why),
+                None if defer => Answer::Defer,
+                None => Answer::Dunno,
+            };
+            // What trusted relays (never banned) send over the limits, refused message by
+            // message, is counted.
+            if answer != Answer::Dunno && policyd::trusted(&maps, &key, now) {
+                let _ = maps.add_user_counter(UserCounter::TrustedRefusals, 1);
+            }
+            Some(answer)
         })()
         .unwrap_or(Answer::Dunno);
         shared.log_events(&events, "policy");
         if let Some(l) = line {
+            // The DNS lists are asked about a source that sends backscatter (once: the answer is
+            // cached).
+            shared.suspects.offer(&l.event);
             self.log_backscatter(&l, req);
         }
         answer

@@ -15,9 +15,9 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, batv, census, deny_files, exporter, kernel_events, mode, persist, policy, reload,
+    audit, batv, census, deny_files, dnsbl, exporter, kernel_events, mode, persist, policy, reload,
     resolve_settings,
-    shared::Shared,
+    shared::{Shared, Suspects},
     socketmap,
     startup::{self, Started},
     storm, sweep, RunOptions,
@@ -134,6 +134,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let config_path = resolved.config.clone();
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
+    let dnsbl_client = dnsbl::prepare(&settings)?;
     let adopted = startup::inspect(&iface, &dir, opts.fresh)?;
     let saved = if adopted.is_none() {
         persist::read(&state_path)?
@@ -183,6 +184,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let ring = RingBuf::try_from(events_map).context("events ring buffer")?;
 
     let now = clock::boot_ns();
+    let (suspects, suspects_rx) = Suspects::new(dnsbl::QUEUE);
     let shared = Arc::new(Shared {
         iface: iface.clone(),
         dir: dir.clone(),
@@ -203,6 +205,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         batv_since: Mutex::new(batv.since),
         save_soon: tokio::sync::Notify::new(),
         reloads: watch::channel(0).0,
+        suspects,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -218,6 +221,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(storm::run(shared.clone()));
     tasks.spawn(persist::run(shared.clone()));
     tasks.spawn(deny_files::run(shared.clone()));
+    tasks.spawn(dnsbl::run(shared.clone(), suspects_rx, dnsbl_client));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));
     }

@@ -4,11 +4,15 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Instant,
 };
 
-use smtp_xdp_common::Event;
+use smtp_xdp_common::{event_kind, Event};
+use tokio::sync::mpsc;
 
 use crate::{
     batv::Batv,
@@ -47,6 +51,52 @@ pub struct Shared {
     /// Counts SIGHUPs handled (after the config was reread, or the reread refused): services
     /// that reload something of their own on SIGHUP watch it.
     pub reloads: tokio::sync::watch::Sender<u64>,
+    /// Sources worth asking the DNS lists about, for the DNSBL service.
+    pub suspects: Suspects,
+}
+
+/// Sources worth asking the DNS lists about: the first rate drops, bounce-limit crossings and
+/// backscatter that the other services report (and log). A bounded channel: when it is full an
+/// offer is dropped and counted, so a flood of events never becomes a flood of lookups.
+pub struct Suspects {
+    tx: mpsc::Sender<Event>,
+    /// Whether the DNSBL service asks (lists are configured); offers are ignored otherwise.
+    pub enabled: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl Suspects {
+    /// The channel's sending side and its receiver (for the DNSBL service).
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Suspects {
+                tx,
+                enabled: AtomicBool::new(false),
+                dropped: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+
+    /// Offers an event: kept when it names a source worth a lookup and there is room.
+    pub fn offer(&self, ev: &Event) {
+        let wanted = matches!(
+            ev.kind,
+            event_kind::FIRST_DROP | event_kind::BOUNCE_LIMIT | event_kind::BACKSCATTER
+        );
+        if !wanted || !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.tx.try_send(*ev).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Offers dropped since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -87,6 +137,9 @@ impl Shared {
     pub fn log_events(&self, evs: &[Event], origin: &str) {
         if evs.is_empty() {
             return;
+        }
+        for e in evs {
+            self.suspects.offer(e);
         }
         if evs
             .iter()
