@@ -532,7 +532,14 @@ impl KeySet {
 fn check_owner_and_mode(path: &Path, owner: u32, mode: u32) -> Result<(), KeyFileError> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if owner != me {
+    // Root's CLI reads the file of the packaged controller, which runs as its own user and owns
+    // the directory the file is in.
+    let dir_owner = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(|d| fs::metadata(d).ok())
+        .map(|m| m.uid());
+    if owner != me && !(me == 0 && dir_owner == Some(owner)) {
         return Err(KeyFileError::Owner {
             path: path.to_path_buf(),
             owner,
@@ -573,6 +580,8 @@ fn write_file(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        // Root's CLI writing for the unprivileged controller: the file stays the controller's.
+        crate::ownership::give_to_dir_owner(&f, dir)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);

@@ -8,7 +8,7 @@ use smtp_xdp::config::Overrides;
 #[derive(Parser)]
 #[command(
     name = "smtp-xdp",
-    version,
+    version = smtp_xdp::version::line(),
     about = "Kernel-accelerated SMTP flood and bounce-storm limiter (XDP)",
     long_about = "Rate-limits new SMTP connections per source in XDP, bans repeat offenders and \
                   bounce flooders, and honours allow/deny lists. `run` attaches and stays in the \
@@ -287,12 +287,17 @@ pub enum ListOp {
     },
     /// Replace the whole list (IPv4 and IPv6) with the content of one or more files, atomically.
     ///
-    /// One IP or CIDR per line, `#` comments, Spamhaus DROP format; a bad line refuses every
-    /// file. Prints what changed per family (+added -removed =kept).
+    /// Text (one IP or CIDR per line, `#` comments, Spamhaus's legacy drop.txt) or Spamhaus's
+    /// DROP JSON lines (drop_v4.json, drop_v6.json), detected per file; a bad line refuses
+    /// every file. Prints what changed per family (+added -removed =kept).
     Load {
         /// List files, read together as one list.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// The files' format: auto (JSON when the first line that is not a comment starts with
+        /// `{`), text or json.
+        #[arg(long, value_enum, default_value_t = smtp_xdp::lists::Format::Auto)]
+        format: smtp_xdp::lists::Format,
         /// Replace even when the files would empty (or nearly empty) a family of a non-empty
         /// list.
         #[arg(long)]
@@ -398,6 +403,11 @@ pub struct RunArgs {
     /// human or json [default: human].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Denylist files (comma-separated absolute paths, text or Spamhaus DROP JSON) loaded at
+    /// start, on SIGHUP and when they change on disk; entries added with `deny add` are kept
+    /// [default: none].
+    #[arg(long, value_name = "FILES")]
+    pub deny_files: Option<String>,
     /// Postfix socketmap service (BATV sign and strip maps): HOST:PORT or unix:/path, or "off"
     /// [default: off].
     #[arg(long, value_name = "LISTEN")]
@@ -510,6 +520,7 @@ impl RunArgs {
             ("state-dir", &self.state_dir),
             ("save-interval", &self.save_interval),
             ("log-format", &self.log_format),
+            ("deny-files", &self.deny_files),
             ("socketmap-listen", &self.socketmap_listen),
             ("batv-domains", &self.batv_domains),
             ("batv-key-file", &self.batv_key_file),

@@ -76,9 +76,10 @@ fn list_cmd(list: smtp_xdp::maps::List, op: ListOp) -> anyhow::Result<i32> {
         ListOp::List { target, json } => lists::show(list, &target, json.json),
         ListOp::Load {
             files,
+            format,
             force,
             target,
-        } => lists::load(list, &target, &files, force),
+        } => lists::load(list, &target, &files, format, force),
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Shared {
     /// report them (CrowdSec). Bounded: a subscriber that falls behind learns how many it
     /// missed.
     pub local_bans: broadcast::Sender<LocalBan>,
+    /// Counts SIGHUPs handled (after the config was reread, or the reread refused): services
+    /// that reload something of their own on SIGHUP watch it.
+    pub reloads: tokio::sync::watch::Sender<u64>,
     /// Sources worth asking the DNS lists about, for the DNSBL service.
     pub suspects: Suspects,
 }
