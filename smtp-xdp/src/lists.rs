@@ -3,8 +3,8 @@
 //!   DROP/EDROP format (`192.0.2.0/24 ; SBL123`, `;` comment lines);
 //! - JSON lines, Spamhaus's current DROP format (`drop_v4.json`, `drop_v6.json`): one object per
 //!   line with `cidr` (and `sblid`, `rir`, which are not needed), and a final metadata line
-//!   (`{"type":"metadata",...,"records":N,...}`) whose record count, when given, must match, so a
-//!   download cut at a line boundary is refused too. Blank and `#`/`;` lines are skipped.
+//!   (`{"type":"metadata",...,"records":N,...}`) that must be there and whose record count, when
+//!   given, must match, so a download cut at a line boundary is refused too. Blank and `#`/`;` lines are skipped.
 //!
 //! The format is detected per file from its first line that is not blank or a comment (`{`
 //! starts JSON), or given. A file is parsed whole before anything is applied; the first bad line
@@ -51,6 +51,8 @@ pub enum ListError {
     },
     #[error("{file}: its metadata line says {says} records but it holds {found}: a truncated or damaged download; nothing was changed")]
     CountMismatch { file: String, says: u64, found: u64 },
+    #[error("{file}: DROP JSON without its final metadata line (Spamhaus's files end with one): a download cut short; nothing was changed")]
+    NoMetadata { file: String },
 }
 
 /// How a list file is written.
@@ -191,6 +193,7 @@ struct JsonLine {
 fn parse_json(file: &str, text: &str) -> Result<Vec<IpNet>, ListError> {
     let mut out = Vec::new();
     let mut says = None;
+    let mut metadata_seen = false;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         check_length(file, line, raw)?;
@@ -208,9 +211,16 @@ fn parse_json(file: &str, text: &str) -> Result<Vec<IpNet>, ListError> {
         })?;
         match (rec.cidr, rec.kind.as_deref()) {
             (Some(c), _) => out.push(net(file, line, c.trim())?),
-            (None, Some("metadata")) => says = rec.records.or(says),
+            (None, Some("metadata")) => {
+                metadata_seen = true;
+                says = rec.records.or(says);
+            }
             (None, _) => return Err(bad("no \"cidr\"".into())),
         }
+    }
+    // The metadata line comes last: a file cut at a line boundary has lost it.
+    if !metadata_seen {
+        return Err(ListError::NoMetadata { file: file.into() });
     }
     if let Some(says) = says {
         if says != out.len() as u64 {
@@ -419,6 +429,10 @@ mod tests {
             e.to_string(),
             "d.json: its metadata line says 50 records but it holds 49: a truncated or damaged download; nothing was changed"
         );
+        // Cut at a line boundary: the metadata line (the last) is gone.
+        let head: Vec<&str> = full.lines().take(3).collect();
+        let e = parse("d.json", &head.join("\n"), Format::Auto).unwrap_err();
+        assert!(matches!(e, ListError::NoMetadata { .. }), "{e}");
         // Cut inside a line: that line does not parse.
         let e = parse("d.json", &full[..full.len() / 2], Format::Auto).unwrap_err();
         assert!(matches!(e, ListError::BadRecord { .. }), "{e}");

@@ -72,7 +72,24 @@ pub fn ensure_bpffs() -> Result<(), PinError> {
     if rc != 0 {
         return Err(PinError::NoBpffs(io::Error::last_os_error()));
     }
+    if in_private_mount_namespace() {
+        // `ip netns exec` gives the process its own /sys: pins made there vanish with it.
+        tracing::warn!("mounted a bpffs at /sys/fs/bpf in a private mount namespace (ip netns exec does that): its pins vanish when this process exits, so the program is detached then and a restart cannot adopt it; run smtp-xdp in the host's mount namespace (nsenter --net=/run/netns/NAME)");
+    } else {
+        tracing::info!("mounted a bpffs at /sys/fs/bpf (none was mounted)");
+    }
     Ok(())
+}
+
+/// True when this process's mount namespace is not init's.
+fn in_private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(mine), Ok(init)) => mine != init,
+        _ => false,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -69,6 +69,10 @@ pub struct StateFile {
     /// Unix time BATV was first switched on (the start of its grace period); kept for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batv_since: Option<u64>,
+    /// The config file the controller runs with (none: it runs without one), so `set --save`
+    /// writes that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// One live `set` change.
@@ -185,6 +189,7 @@ impl StateFile {
             overrides: BTreeMap::new(),
             deny_added: Vec::new(),
             batv_since: None,
+            config: None,
         })
     }
 
@@ -347,6 +352,7 @@ pub fn save_from_pins(
         file.overrides = p.overrides;
         file.deny_added = p.deny_added;
         file.batv_since = p.batv_since;
+        file.config = p.config;
     }
     edit(&mut file);
     // Hand-added entries no longer listed (removed, or replaced by a `deny load`) are forgotten.
@@ -454,6 +460,7 @@ mod tests {
             overrides: BTreeMap::new(),
             deny_added: vec!["2001:db8::/32".into()],
             batv_since: Some(1_794_000_000),
+            config: Some("/etc/smtp-xdp/smtp-xdp.toml".into()),
         }
     }
 

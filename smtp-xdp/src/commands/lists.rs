@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use smtp_xdp::{lists, maps::List, units};
+use ipnet::IpNet;
+use smtp_xdp::{host, lists, maps::List, units};
 
 use super::{print_json, refuse_without, Instance};
 use crate::cli::Target;
@@ -21,12 +22,29 @@ pub fn show(list: List, target: &Target, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::Result<i32> {
+pub fn edit(
+    list: List,
+    target: &Target,
+    nets: &[String],
+    add: bool,
+    force: bool,
+) -> anyhow::Result<i32> {
     // Every argument is checked before the first change.
     let parsed = nets
         .iter()
         .map(|n| units::parse_net(n))
         .collect::<Result<Vec<_>, _>>()?;
+    for (raw, net) in nets.iter().zip(&parsed) {
+        // `198.18.0.0/8` is listed as 198.0.0.0/8: say so, it may not be what was meant.
+        if let Ok(written) = raw.trim().parse::<IpNet>() {
+            if written.addr() != written.network() {
+                eprintln!("note: {raw} has host bits set: it stands for {net}");
+            }
+        }
+    }
+    if add && !force {
+        refuse_footguns(list, &parsed)?;
+    }
     let mut inst = Instance::open(target)?;
     let _lock = inst.lock()?;
     let mut lines = Vec::new();
@@ -69,6 +87,42 @@ pub fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::
         println!("{l}");
     }
     Ok(0)
+}
+
+/// A wide network on either list, or this host's own address on the denylist, is most likely
+/// a typo: refused without `--force`.
+fn refuse_footguns(list: List, nets: &[IpNet]) -> anyhow::Result<()> {
+    for net in nets {
+        let widest = match net {
+            IpNet::V4(_) => 16,
+            IpNet::V6(_) => 32,
+        };
+        if net.prefix_len() < widest {
+            let what = match list {
+                List::Allow => {
+                    "allowlisting it exempts every address inside it from every limit and ban"
+                }
+                List::Deny => "denylisting it refuses mail from every address inside it",
+            };
+            refuse_without(
+                "--force",
+                format!("{net} is a very wide network (shorter than /{widest}): {what}"),
+            )?;
+        }
+        if list == List::Deny {
+            if let Some(own) = host::local_addresses()
+                .into_iter()
+                .map(units::canonical_addr)
+                .find(|a| net.contains(a) && !a.is_loopback())
+            {
+                refuse_without(
+                    "--force",
+                    format!("{net} holds {own}, an address of this host"),
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn load(

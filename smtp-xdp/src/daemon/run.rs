@@ -129,9 +129,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         tracing::warn!(moved_to = %aside.display(), "--fresh: starting without saved bans, lists and overrides; the old state file was kept aside");
     }
     let mut resolved = resolved;
-    super::apply_live_overrides(&mut resolved, &state::overrides(&state_path)?, "start");
+    super::apply_live_overrides(&mut resolved, &persist::overrides(&state_path)?, "start");
     let settings = resolved.settings.clone();
-    let config_path = resolved.config.clone();
+    // Absolute, as the state file records it for `set --save` run from anywhere.
+    let config_path = resolved
+        .config
+        .clone()
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
     let crowdsec = crowdsec::prepare(&settings)?;
@@ -190,6 +194,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         iface: iface.clone(),
         dir: dir.clone(),
         state_path: state_path.clone(),
+        config_path: config_path.clone(),
         maps: Mutex::new(maps),
         settings: RwLock::new(settings.clone()),
         cache: Mutex::new(Cache {

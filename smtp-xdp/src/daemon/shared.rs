@@ -33,6 +33,8 @@ pub struct Shared {
     pub dir: PathBuf,
     /// The state file.
     pub state_path: PathBuf,
+    /// The config file read at start and on SIGHUP (none: defaults and flags only).
+    pub config_path: Option<PathBuf>,
     pub maps: Mutex<Maps>,
     pub settings: RwLock<Settings>,
     pub cache: Mutex<Cache>,
