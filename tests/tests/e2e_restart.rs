@@ -314,3 +314,34 @@ fn the_controller_sweeps_expired_bans() {
     assert_eq!(stat(&iface, "bans_expired"), 1);
     lab.stop_controller(pid);
 }
+
+#[test]
+fn a_damaged_state_file_is_moved_aside_and_protection_starts() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let dir = lab.path("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join(format!("{iface}.state.json"));
+    // Cut short mid-write by something else (the controller itself writes atomically).
+    std::fs::write(&state, "{\"format\": 2, \"bans\": [").unwrap();
+    let pid = lab.start_controller(&[]);
+    let aside: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside once: {aside:?}");
+    assert!(
+        lab.controller_log()
+            .contains("damaged file was moved aside"),
+        "{}",
+        lab.controller_log()
+    );
+    // A fresh state file follows within a few seconds.
+    wait_for(Duration::from_secs(10), "a new state file", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"iface\""))
+    });
+    lab.stop_controller(pid);
+}

@@ -124,7 +124,9 @@ const SOON: Duration = Duration::from_secs(1);
 pub async fn run(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Instant::now();
-    let mut wanted = false;
+    // A save soon after start records what this controller runs with (its config file, for
+    // `set --save`) and what it adopted or restored.
+    let mut wanted = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
