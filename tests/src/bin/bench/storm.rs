@@ -322,6 +322,9 @@ struct XdpSample {
     storm: bool,
     syn_dropped: u64,
     bans: u64,
+    /// BATV's verdicts (one per recipient): a cross-check of what the storm generator saw.
+    batv_valid: u64,
+    batv_backscatter: u64,
 }
 
 struct XdpWatch {
@@ -365,7 +368,10 @@ fn xdp_sample(iface: &str, started: Instant) -> XdpSample {
         at: started.elapsed().as_secs_f64(),
         storm: s["storm"].as_bool().unwrap_or(false),
         syn_dropped: c("drop_rate") + c("drop_ban") + c("drop_global") + c("drop_deny"),
-        bans: c("bans_rate") + c("bans_bounces"),
+        // The kernel's own bans, and those the policy service issues (BATV: for backscatter).
+        bans: c("bans_rate") + c("bans_bounces") + c("bans_bounces_policy"),
+        batv_valid: c("batv_valid"),
+        batv_backscatter: c("batv_backscatter"),
     }
 }
 
@@ -665,16 +671,20 @@ pub fn storm(
 fn timeline(run: &Run) {
     let r = &run.outcome.relays;
     eprintln!(
-        "  attempts {} accepted {} real {}/{} failures {:?} legit failures {:?} server cpu {:.2}s softirq {:.2}s syn dropped {}",
+        "  attempts {} accepted {} real {}/{} (lost {}) failures {:?} legit failures {:?} server cpu {:.2}s softirq {:.2}s syn dropped {} bans {} batv valid {} backscatter {}",
         r.attempts,
         r.accepted,
         r.real_delivered,
         r.real_tried,
+        r.real_rejected,
         r.failures,
         run.outcome.legit_failures,
         run.server_cpu,
         run.softirq,
-        run.xdp_delta(|x| x.syn_dropped)
+        run.xdp_delta(|x| x.syn_dropped),
+        run.xdp_delta(|x| x.bans),
+        run.xdp_delta(|x| x.batv_valid),
+        run.xdp_delta(|x| x.batv_backscatter),
     );
     for (sec, accepted) in r.accepted_per_second.iter().enumerate() {
         let s: Vec<&Sample> = run
@@ -778,7 +788,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
     );
     let _ = writeln!(
         md,
-        "Relays on addresses of their own (198.19.0.0/16, on the client namespace's veth) behave like MTAs flushing their queue to us: EHLO, `MAIL FROM:<>`, RCPT to one of 50 users, DATA with a DSN-shaped body (about 1.6 kB), QUIT, with a {:.0} ms pause before each command for the wide-area round trip, so a bounce session holds an smtpd process for about {:.1} s. A relay whose attempt fails (no handshake within {} s, a 4xx/5xx reply, a reply slower than {} s) defers its whole queue for {} s, doubling up to {} s, as an MTA's backoff does; a fifth of the relays also hold real bounces (every fourth item of their queue), answers to mail our users really sent. {} legitimate senders, each from its own address and not allowlisted, send a 2 kB message every {} s each (one connection at a time, well inside every limit) and retry a failed attempt after {} s; each delivery is timed from its first connect to the 250 after DATA, retries included. Messages are due during the first {} s of a storm; the storm goes on for {} s more, and a message not delivered by then counts as infinitely late (∞). \"After learning\": messages due {} s or more after the storm began.\n",
+        "Relays on addresses of their own (198.19.0.0/16, on the client namespace's veth) behave like MTAs flushing their queue to us: EHLO, `MAIL FROM:<>`, RCPT to one of 50 users, DATA with a DSN-shaped body (about 1.6 kB), QUIT, with a {:.0} ms pause before each command for the wide-area round trip, so a bounce session holds an smtpd process for about {:.1} s. A relay whose attempt fails (no handshake within {} s, a 4xx/5xx reply, a reply slower than {} s) defers its whole queue for {} s, doubling up to {} s, as an MTA's backoff does; a fifth of the relays also hold real bounces (every fourth item of their queue), answers to mail our users really sent, to the address they sent from. {} legitimate senders, each from its own address and not allowlisted, send a 2 kB message every {} s each (one connection at a time, well inside every limit) and retry a failed attempt after {} s; each delivery is timed from its first connect to the 250 after DATA, retries included. Messages are due during the first {} s of a storm; the storm goes on for {} s more, and a message not delivered by then counts as infinitely late (∞). \"After learning\": messages due {} s or more after the storm began.\n",
         t.pause.as_secs_f64() * 1000.0,
         t.pause.as_secs_f64() * 6.0,
         t.connect_timeout.as_secs(),
@@ -960,6 +970,8 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
                 "bounce_attempts_rejected_5xx": rejected,
                 "syns_dropped_xdp": m(&|r| r.xdp_delta(|x| x.syn_dropped) as f64),
                 "bans": m(&|r| r.xdp_delta(|x| x.bans) as f64),
+                "batv_valid": m(&|r| r.xdp_delta(|x| x.batv_valid) as f64),
+                "batv_backscatter": m(&|r| r.xdp_delta(|x| x.batv_backscatter) as f64),
                 "storm_mode_at_s": num(m(&|r| r.storm_at().unwrap_or(f64::NAN))),
                 "smtpd_busy_mean": m(&|r| r.busy_mean()), "smtpd_busy_max": m(&|r| r.busy_max() as f64),
                 "server_cpu_s": m(&|r| r.server_cpu), "softirq_s": m(&|r| r.softirq),
