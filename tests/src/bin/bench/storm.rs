@@ -505,8 +505,8 @@ fn recipients(lab: &Lab, d: &Defence) -> (Vec<String>, Vec<String>) {
     let real = if d.batv() {
         // Created by the controller on its first start, as on a real server.
         let path = lab.path("state").join("batv.keys");
-        let keys = KeySet::load(&path)
-            .unwrap_or_else(|e| panic!("the controller's BATV key file: {e}"));
+        let keys =
+            KeySet::load(&path).unwrap_or_else(|e| panic!("the controller's BATV key file: {e}"));
         users().map(|u| keys.tag(&u, now)).collect()
     } else {
         Vec::new()
@@ -577,6 +577,21 @@ fn run_once(
         server_cpu: t1.saturating_sub(t0) as f64 * tick,
         softirq: c1.softirq.saturating_sub(c0.softirq) as f64 * tick,
     };
+    if std::env::var("STORM_DEBUG").is_ok() {
+        let log = pf.maillog() + &lab.controller_log();
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        for l in log
+            .lines()
+            .filter(|l| (l.contains("warning") || l.contains("WARN")) && !l.contains(" event="))
+        {
+            // Without the time stamp and process id, so that repeats count together.
+            let text: String = l.split_whitespace().skip(4).collect::<Vec<_>>().join(" ");
+            *seen.entry(text.chars().take(160).collect()).or_default() += 1;
+        }
+        for (text, n) in seen {
+            eprintln!("  {n:>5} × {text}");
+        }
+    }
     stop_guard(lab, d.guard, guard);
     observe::drain(inode, Duration::from_secs(30));
     pf.wait_queue_empty(Duration::from_secs(30));
@@ -832,7 +847,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
         let how = match d.readme_cf {
             None => how,
             Some((main, master)) => format!(
-                "{how}; Postfix with the README's `{main}` and `{master}` blocks, as given there (recipient canonical map `batv-strip` and the policy service in front of every recipient; the signing cleanup for submission and pickup). The controller creates its key on its first start; the storm's real bounces go to our users' addresses tagged with that key (what our side sent from), signed when the run starts"
+                "{how}; Postfix with the README's `{main}` and `{master}` blocks, as given there (recipient canonical map `batv-strip` and the policy service in front of every recipient; the signing cleanup for submission and pickup). The controller creates its key on its first start; the storm's real bounces go to our users' addresses tagged with that key (what our side sent from), signed when the run starts."
             ),
         };
         let _ = writeln!(md, "- {}: {how}", d.name);
