@@ -21,7 +21,7 @@ use std::{
 use serde_json::{json, Value};
 use smtp_xdp::batv::{Key, KeySet};
 use smtp_xdp_tests::{
-    lab::Lab,
+    lab::{sh, Lab},
     postfix::{Postfix, POSTSCREEN_MASTER_CF},
     readme_block, stats_json,
     storm::{self, Delivery, Outcome, Plan, Relays, Senders, Timing},
@@ -536,6 +536,7 @@ fn run_once(
     lab.add_remote_addrs(&all);
     let inode = observe::netns_inode(&lab.server_ns);
     let server = SocketAddrV4::new(lab.server_addr().parse().expect("server address"), 25);
+    let logged = (pf.maillog().len(), lab.controller_log().len());
     let guard = start_guard(lab, d.guard);
     let (real_recipients, forged_recipients) = recipients(lab, d);
     let (duration, grace) = scale.length(shape);
@@ -578,7 +579,13 @@ fn run_once(
         softirq: c1.softirq.saturating_sub(c0.softirq) as f64 * tick,
     };
     if std::env::var("STORM_DEBUG").is_ok() {
-        let log = pf.maillog() + &lab.controller_log();
+        // What this run logged.
+        let (maillog, controller) = (pf.maillog(), lab.controller_log());
+        let log = format!(
+            "{}{}",
+            maillog.get(logged.0..).unwrap_or(""),
+            controller.get(logged.1..).unwrap_or("")
+        );
         let mut seen = std::collections::BTreeMap::<String, u32>::new();
         for l in log
             .lines()
@@ -593,6 +600,15 @@ fn run_once(
         }
     }
     stop_guard(lab, d.guard, guard);
+    if d.batv() {
+        // Postfix's processes keep their policy and socketmap connections to this controller;
+        // the next run's controller is a new process, and a stale connection's first request
+        // would fail (with `smtpd_policy_service_try_limit = 1`, open: DUNNO). A reload makes
+        // every idle process exit, so the next run starts as a server does after a restart of
+        // both.
+        sh(&mut pf.command("postfix", &["reload"]));
+        std::thread::sleep(Duration::from_secs(1));
+    }
     observe::drain(inode, Duration::from_secs(30));
     pf.wait_queue_empty(Duration::from_secs(30));
     run
