@@ -852,7 +852,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
             Guard::Nothing if d.main_cf.is_empty() => "Postfix as it comes".into(),
             Guard::Nothing => settings(d.main_cf),
             Guard::Nftables => format!("`{}`", flood::nft_rule()),
-            Guard::SmtpXdp(args) if args.is_empty() => {
+            Guard::SmtpXdp([]) => {
                 "`smtp-xdp run` with its defaults (native XDP on the server's veth)".into()
             }
             Guard::SmtpXdp(args) => format!(
