@@ -661,6 +661,10 @@ fn bench(args: &[String]) -> Result<()> {
         "smtp-xdp-bench",
         "-p",
         "smtp-xdp",
+        // `--bin` selects targets in every package given: without this, the controller the
+        // benchmarks run would not be rebuilt.
+        "--bin",
+        "smtp-xdp",
     ]))?;
     let bin = root().join("target/release/smtp-xdp-bench");
     let mut c = Command::new(bin);
