@@ -204,6 +204,19 @@ pub fn stat(iface: &str, name: &str) -> u64 {
     stats_json(iface)["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// The code block that follows `<!-- marker -->` in the README: configuration an operator copies
+/// from there, used as it is by the tests and the benchmarks.
+pub fn readme_block(marker: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let at = readme
+        .find(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("the README has no {marker:?} block"));
+    let rest = &readme[at..];
+    let start = rest.find("```\n").expect("a code block") + 4;
+    let end = start + rest[start..].find("```").expect("the block's end");
+    rest[start..end].to_string()
+}
+
 pub mod gen;
 pub mod model;
 pub mod nsd;

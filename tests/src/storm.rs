@@ -6,7 +6,9 @@
 //! reply, a reset, a timeout) defers the relay's whole queue for a backoff that doubles from
 //! `backoff_min` to `backoff_max`, as an MTA's does: never a tight loop. A 5xx rejects that one
 //! message, which the relay gives up. Some relays also hold real bounces (answers to mail our
-//! users sent), which must get through eventually.
+//! users sent, to the address they sent from: BATV-tagged when our side signs), which must get
+//! through eventually and never be refused for good; some backscatter goes to addresses with a
+//! forged tag.
 //!
 //! Legitimate senders, each from its own address, send a normal message every `interval`; each
 //! delivery is timed from its first connect to the 250 after DATA, retries (after `retry`)
@@ -58,6 +60,13 @@ pub struct Relays {
     pub real_share: f64,
     /// Relays start evenly spread over this time (zero: all at once).
     pub arrival: Duration,
+    /// The address real bounces to user `n` go to, at index `n - 1`: the sender address our
+    /// side used (BATV-tagged when it signs). Empty: the plain `user<n>@example.test`.
+    pub real_recipients: Vec<String>,
+    /// Share of backscatter (0..=1) sent to an address with a forged tag, and those addresses,
+    /// indexed like `real_recipients` (empty: none is).
+    pub forged_share: f64,
+    pub forged_recipients: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -91,8 +100,11 @@ pub struct Failures {
     pub connect_error: u64,
     /// A 4xx/5xx greeting (e.g. anvil's "too many connections", postscreen's "busy").
     pub refused_greeting: u64,
-    /// A 4xx/5xx reply to a command (e.g. anvil's message rate limit).
+    /// A 4xx reply to a command (e.g. anvil's message rate limit).
     pub refused_command: u64,
+    /// A 5xx reply to a command (e.g. BATV's 550 for backscatter): that message is refused for
+    /// good and the relay gives it up.
+    pub rejected_command: u64,
     /// A reply (the greeting included) took longer than the reply timeout.
     pub reply_timeout: u64,
     /// The server closed or reset the connection mid-session.
@@ -106,6 +118,7 @@ impl Failures {
             connect_error,
             refused_greeting,
             refused_command,
+            rejected_command,
             reply_timeout,
             closed,
         } = *self;
@@ -113,6 +126,7 @@ impl Failures {
             + connect_error
             + refused_greeting
             + refused_command
+            + rejected_command
             + reply_timeout
             + closed
     }
@@ -123,8 +137,13 @@ impl Failures {
             Failure::ConnectError => self.connect_error += 1,
             Failure::Refused { greeting: true, .. } => self.refused_greeting += 1,
             Failure::Refused {
-                greeting: false, ..
+                greeting: false,
+                permanent: false,
             } => self.refused_command += 1,
+            Failure::Refused {
+                greeting: false,
+                permanent: true,
+            } => self.rejected_command += 1,
             Failure::ReplyTimeout => self.reply_timeout += 1,
             Failure::Closed => self.closed += 1,
         }
@@ -138,9 +157,11 @@ pub struct RelayTally {
     pub attempts: u64,
     /// Backscatter Postfix accepted (250 after DATA).
     pub accepted: u64,
-    /// Real bounces the relays tried to deliver, and how many of them Postfix accepted.
+    /// Real bounces the relays tried to deliver, how many of them Postfix accepted, and how many
+    /// it refused for good (a 5xx: the relay gives it up, the bounce is lost).
     pub real_tried: u64,
     pub real_delivered: u64,
+    pub real_rejected: u64,
     pub failures: Failures,
     /// Bounces (backscatter and real) accepted in each second of the run.
     pub accepted_per_second: Vec<u32>,
@@ -191,7 +212,7 @@ enum Item {
 const MAX_LINE: u64 = 2048;
 const MAX_REPLY_LINES: usize = 64;
 /// Our users, the recipients of backscatter and real bounces.
-const USERS: u32 = 50;
+pub const USERS: u32 = 50;
 
 /// Runs `plan` from inside the network namespace `/run/netns/<netns>`; returns when every relay
 /// and sender has stopped (at `duration + grace`, plus one reply timeout at most).
@@ -355,7 +376,23 @@ async fn relay_slot(
             }
         };
         let user = rng.gen_range(1..=USERS);
-        let message = bounce(addr, user, &mut rng, item != Item::Backscatter);
+        let r = &plan.relays;
+        let pick = |list: &[String]| {
+            list.get(user as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| format!("user{user}@example.test"))
+        };
+        let rcpt = match item {
+            Item::Real { .. } => pick(&r.real_recipients),
+            Item::Backscatter
+                if !r.forged_recipients.is_empty()
+                    && rng.gen_bool(r.forged_share.clamp(0.0, 1.0)) =>
+            {
+                pick(&r.forged_recipients)
+            }
+            Item::Backscatter => pick(&[]),
+        };
+        let message = bounce(addr, user, rcpt, &mut rng, item != Item::Backscatter);
         {
             let mut tally = shared.relays.lock().expect("tally");
             tally.attempts += 1;
@@ -393,6 +430,7 @@ async fn relay_slot(
                 // A 5xx rejects this message, not the destination: the relay gives it up and
                 // goes on with the next one at once.
                 tally.failures.add(f);
+                tally.real_rejected += (item != Item::Backscatter) as u64;
             }
             Err(f) => {
                 tally.failures.add(f);
@@ -583,9 +621,10 @@ async fn reply<R: AsyncBufRead + Unpin>(r: &mut R, limit: Duration) -> Result<u1
         .map_err(|_| Failure::ReplyTimeout)?
 }
 
-/// A delivery status notification from relay `addr` to our user `user`: backscatter (the
-/// original was forged with our user's address) or a real bounce (our user really sent it).
-fn bounce(addr: Ipv4Addr, user: u32, rng: &mut StdRng, real: bool) -> Message {
+/// A delivery status notification from relay `addr` to our user `user` at envelope recipient
+/// `rcpt`: backscatter (the original was forged with our user's address) or a real bounce (our
+/// user really sent it).
+fn bounce(addr: Ipv4Addr, user: u32, rcpt: String, rng: &mut StdRng, real: bool) -> Message {
     let relay = format!("relay-{}.example.net", u32::from(addr));
     let id: u64 = rng.gen();
     let (subject, reason) = if real {
@@ -644,7 +683,7 @@ Message-ID: <{id:x}.orig@example.test>\r\n\
     Message {
         helo: relay,
         mail_from: String::new(),
-        rcpt_to: format!("user{user}@example.test"),
+        rcpt_to: rcpt,
         data,
     }
 }

@@ -12,24 +12,12 @@ use smtp_xdp::batv::KeySet;
 use smtp_xdp_tests::{
     lab::{wait_for, Lab},
     postfix::{Postfix, Sink},
-    require_bpf, stat, stats_json,
+    readme_block, require_bpf, stat, stats_json,
 };
 
 const POLICY: &str = "127.0.0.1:10040";
 const SOCKETMAP: &str = "127.0.0.1:10041";
 const DAY: u64 = 86_400;
-
-/// The code block that follows `<!-- marker -->` in the README.
-fn readme_block(marker: &str) -> String {
-    let readme = include_str!("../../README.md");
-    let at = readme
-        .find(&format!("<!-- {marker} -->"))
-        .unwrap_or_else(|| panic!("the README has no {marker:?} block"));
-    let rest = &readme[at..];
-    let start = rest.find("```\n").expect("a code block") + 4;
-    let end = start + rest[start..].find("```").expect("the block's end");
-    rest[start..end].to_string()
-}
 
 /// Postfix configured with the README's BATV lines, relaying outgoing mail to the sink.
 fn postfix(lab: &Lab, sink: &Sink) -> Postfix {

@@ -78,6 +78,10 @@ usage: cargo xtask <command>
   test              everything CI runs: fmt, clippy, unit, kernel and end-to-end tests,
                     a short pass of every fuzz target, and a quick benchmark pass
   bench [--quick]   benchmarks; writes docs/benchmarks.md, .json and the plots
+  bench --only NAME [--update]
+                    one benchmark (per-packet, scale, flood, driver, legit, storm,
+                    controller), nothing written; with --update (e.g. --only storm) it
+                    replaces that section and its plots in docs/ instead
   soak [--minutes N]
                     the controller under a varying flood and churn for N minutes (default
                     30); fails on unbounded growth or a lost change; writes docs/soak.*
@@ -656,6 +660,10 @@ fn bench(args: &[String]) -> Result<()> {
         "--bin",
         "smtp-xdp-bench",
         "-p",
+        "smtp-xdp",
+        // `--bin` selects targets in every package given: without this, the controller the
+        // benchmarks run would not be rebuilt.
+        "--bin",
         "smtp-xdp",
     ]))?;
     let bin = root().join("target/release/smtp-xdp-bench");

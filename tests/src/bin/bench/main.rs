@@ -1,6 +1,8 @@
 //! `cargo xtask bench [--quick]`: smtp-xdp's benchmarks, side by side with what a mail operator
 //! would use instead. The full run writes docs/benchmarks.md, docs/benchmarks.json and the SVG
-//! figures; `--quick` (CI) runs every benchmark briefly and writes nothing.
+//! figures; `--quick` (CI) runs every benchmark briefly and writes nothing. `--only NAME` runs one
+//! benchmark and writes nothing, unless `--update` is given too: then it replaces that section
+//! (and its figures) in the report the last full run wrote.
 
 mod flood;
 mod observe;
@@ -111,6 +113,15 @@ fn main() {
             ),
         ));
     }
+    let update = args.iter().any(|a| a == "--update");
+    assert!(
+        !update || (only.is_some() && !quick),
+        "--update goes with --only NAME (and not with --quick)"
+    );
+    if banned_syn_ns.is_none() && update {
+        // Not measured in this run: the last full run's, from the report being updated.
+        banned_syn_ns = last_banned_syn_ns();
+    }
     if run("storm") {
         eprintln!("bench: 5. a backscatter storm of real SMTP sessions");
         figures.extend(storm::storm(&mut report, quick, banned_syn_ns));
@@ -118,6 +129,18 @@ fn main() {
     if run("controller") {
         eprintln!("bench: 6. controller cost");
         flood::controller_cost(&mut report, quick);
+    }
+    if update {
+        report.update("docs").expect("updating docs/benchmarks.*");
+        for (name, svg) in &figures {
+            std::fs::write(format!("docs/{name}"), svg).expect("writing a figure");
+        }
+        println!("{}", report.markdown());
+        println!(
+            "bench: updated docs/benchmarks.md and .json ({})",
+            only.as_deref().unwrap_or("")
+        );
+        return;
     }
     if quick || only.is_some() {
         println!("{}", report.markdown());
@@ -137,6 +160,17 @@ fn main() {
     }
     println!("{}", report.markdown());
     println!("bench: wrote docs/benchmarks.md, docs/benchmarks.json and the figures");
+}
+
+/// The banned-source SYN cost in docs/benchmarks.json, as the last full run measured it.
+fn last_banned_syn_ns() -> Option<f64> {
+    let text = std::fs::read_to_string("docs/benchmarks.json").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["per_packet"]["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["path"] == BANNED_SYN)?["ns_median"]
+        .as_f64()
 }
 
 /// Median and spread of `runs` measurements of ns/packet.

@@ -27,6 +27,8 @@ pub struct Report {
     quick: bool,
     md: String,
     json: serde_json::Map<String, Value>,
+    /// Each section's own Markdown, by key, for [`Report::update`].
+    sections: Vec<(String, String)>,
 }
 
 fn cmd(c: &str, args: &[&str]) -> String {
@@ -85,7 +87,12 @@ impl Report {
             "machine".into(),
             json!({"cpu": cpu, "cpus": cpus, "kernel": kernel, "rustc": rustc, "nightly": nightly}),
         );
-        Report { quick, md, json }
+        Report {
+            quick,
+            md,
+            json,
+            sections: Vec::new(),
+        }
     }
 
     pub fn per_packet(
@@ -127,6 +134,46 @@ impl Report {
     pub fn section(&mut self, key: &str, markdown: &str, data: Value) {
         self.md.push_str(markdown);
         self.json.insert(key.into(), data);
+        self.sections.push((key.into(), markdown.into()));
+    }
+
+    /// Replaces only the sections of this (partial) run in the report in `dir`: each section's
+    /// Markdown from its `## N.` heading to the next `## ` heading, and its JSON key; the rest
+    /// of the report stays as the last full run wrote it. A section of this run that the report
+    /// does not hold yet is an error: a full run writes it first.
+    pub fn update(&self, dir: &str) -> std::io::Result<()> {
+        assert!(!self.quick, "a quick pass is not a report");
+        let d = Path::new(dir);
+        let mut md = std::fs::read_to_string(d.join("benchmarks.md"))?;
+        let mut json: serde_json::Map<String, Value> =
+            serde_json::from_str(&std::fs::read_to_string(d.join("benchmarks.json"))?)
+                .map_err(std::io::Error::other)?;
+        let today = cmd("date", &["-u", "+%Y-%m-%d"]);
+        for (key, new) in &self.sections {
+            let heading = new
+                .lines()
+                .find(|l| l.starts_with("## "))
+                .and_then(|l| l.split_once(". "))
+                .map(|(number, _)| format!("\n{number}. "))
+                .ok_or_else(|| std::io::Error::other(format!("section {key} has no heading")))?;
+            let start = md.find(&heading).map(|i| i + 1).ok_or_else(|| {
+                std::io::Error::other(format!("benchmarks.md has no {} section", heading.trim()))
+            })?;
+            let end = ["\n## ", "\n<!-- soak -->"]
+                .iter()
+                .filter_map(|m| md[start..].find(m).map(|i| start + i + 1))
+                .min()
+                .unwrap_or(md.len());
+            let (head, body) = new.split_once('\n').unwrap_or((new, ""));
+            let note = format!("{head}\n\n*This section is from a later run than the rest of the report ({today}, `cargo xtask bench --only {key} --update`), on the same machine.*\n{body}");
+            md.replace_range(start..end, &note);
+            json.insert(key.clone(), self.json[key].clone());
+        }
+        std::fs::write(d.join("benchmarks.md"), md)?;
+        std::fs::write(
+            d.join("benchmarks.json"),
+            serde_json::to_string_pretty(&Value::Object(json))? + "\n",
+        )
     }
 
     pub fn markdown(&self) -> &str {

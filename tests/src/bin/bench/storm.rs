@@ -19,10 +19,11 @@ use std::{
 };
 
 use serde_json::{json, Value};
+use smtp_xdp::batv::{Key, KeySet};
 use smtp_xdp_tests::{
-    lab::Lab,
+    lab::{sh, Lab},
     postfix::{Postfix, POSTSCREEN_MASTER_CF},
-    stats_json,
+    readme_block, stats_json,
     storm::{self, Delivery, Outcome, Plan, Relays, Senders, Timing},
 };
 
@@ -50,20 +51,49 @@ enum Guard {
 }
 
 /// One defence an operator could pick: Postfix settings (`main.cf` values, raw `master.cf`
-/// entries that replace the lab's entries of the same service), and a guard in front. Adding a
-/// defence is one entry in [`DEFENCES`].
+/// entries that replace the lab's entries of the same service, README blocks), and a guard in
+/// front. Adding a defence is one entry in [`DEFENCES`].
 struct Defence {
     name: &'static str,
     main_cf: &'static [(&'static str, &'static str)],
     master_cf: &'static str,
+    /// The README's `<!-- marker -->` code blocks this defence adds to `main.cf` and `master.cf`,
+    /// exactly as an operator copies them.
+    readme_cf: Option<(&'static str, &'static str)>,
     guard: Guard,
 }
+
+impl Defence {
+    /// Whether smtp-xdp judges bounces by their BATV tag.
+    fn batv(&self) -> bool {
+        matches!(self.guard, Guard::SmtpXdp(args) if args.contains(&"--batv-domains"))
+    }
+}
+
+/// The flags of the README's BATV section, enforcing after the grace period: untagged bounces
+/// are backscatter from the first second.
+const BATV_ENFORCING: &[&str] = &[
+    "--policy-listen",
+    "127.0.0.1:10040",
+    "--socketmap-listen",
+    "127.0.0.1:10041",
+    "--batv-domains",
+    "example.test",
+    "--batv-mode",
+    "enforce",
+    "--batv-grace",
+    "0s",
+];
+
+/// Share of backscatter that goes to an address with a forged tag (the rest is untagged).
+const FORGED_SHARE: f64 = 0.1;
 
 const DEFENCES: &[Defence] = &[
     Defence {
         name: "no defence",
         main_cf: &[],
         master_cf: "",
+        readme_cf: None,
         guard: Guard::Nothing,
     },
     Defence {
@@ -75,6 +105,7 @@ const DEFENCES: &[Defence] = &[
             ("anvil_rate_time_unit", "60s"),
         ],
         master_cf: "",
+        readme_cf: None,
         guard: Guard::Nothing,
     },
     Defence {
@@ -84,22 +115,30 @@ const DEFENCES: &[Defence] = &[
             ("postscreen_dnsbl_sites", ""),
         ],
         master_cf: POSTSCREEN_MASTER_CF,
+        readme_cf: None,
         guard: Guard::Nothing,
     },
     Defence {
         name: "nftables meter",
         main_cf: &[],
         master_cf: "",
+        readme_cf: None,
         guard: Guard::Nftables,
     },
     Defence {
         name: "smtp-xdp",
         main_cf: &[],
         master_cf: "",
+        readme_cf: None,
         guard: Guard::SmtpXdp(&[]),
     },
-    // "smtp-xdp with BATV enforcing" joins here once BATV lands: its Postfix settings (the
-    // signing and verifying services) in `main_cf`, its flags in `Guard::SmtpXdp`.
+    Defence {
+        name: "smtp-xdp with BATV enforcing",
+        main_cf: &[],
+        master_cf: "",
+        readme_cf: Some(("batv main.cf", "batv master.cf")),
+        guard: Guard::SmtpXdp(BATV_ENFORCING),
+    },
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +322,9 @@ struct XdpSample {
     storm: bool,
     syn_dropped: u64,
     bans: u64,
+    /// BATV's verdicts (one per recipient): a cross-check of what the storm generator saw.
+    batv_valid: u64,
+    batv_backscatter: u64,
 }
 
 struct XdpWatch {
@@ -326,7 +368,10 @@ fn xdp_sample(iface: &str, started: Instant) -> XdpSample {
         at: started.elapsed().as_secs_f64(),
         storm: s["storm"].as_bool().unwrap_or(false),
         syn_dropped: c("drop_rate") + c("drop_ban") + c("drop_global") + c("drop_deny"),
-        bans: c("bans_rate") + c("bans_bounces"),
+        // The kernel's own bans, and those the policy service issues (BATV: for backscatter).
+        bans: c("bans_rate") + c("bans_bounces") + c("bans_bounces_policy"),
+        batv_valid: c("batv_valid"),
+        batv_backscatter: c("batv_backscatter"),
     }
 }
 
@@ -439,6 +484,36 @@ fn stop_guard(lab: &mut Lab, guard: Guard, pid: Option<u32>) {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn users() -> impl Iterator<Item = String> {
+    (1..=storm::USERS).map(|n| format!("user{n}@example.test"))
+}
+
+/// Where the storm's bounces go, one address per user: real bounces to what our side sent from
+/// (tagged with the controller's own key when it signs, plain otherwise), forged-tag
+/// backscatter to tags of a key nobody uses. The same forged addresses for every defence, so
+/// that each meets the same storm.
+fn recipients(lab: &Lab, d: &Defence) -> (Vec<String>, Vec<String>) {
+    let now = unix_now();
+    let forger = KeySet::new(vec![Key::new(0, now, &[0x5a; 32])]).expect("one key");
+    let forged = users().map(|u| forger.tag(&u, now)).collect();
+    let real = if d.batv() {
+        // Created by the controller on its first start, as on a real server.
+        let path = lab.path("state").join("batv.keys");
+        let keys =
+            KeySet::load(&path).unwrap_or_else(|e| panic!("the controller's BATV key file: {e}"));
+        users().map(|u| keys.tag(&u, now)).collect()
+    } else {
+        Vec::new()
+    };
+    (real, forged)
+}
+
 /// One storm of `shape` against defence `d`, installed in `lab` in front of `pf`.
 fn run_once(
     lab: &mut Lab,
@@ -461,7 +536,9 @@ fn run_once(
     lab.add_remote_addrs(&all);
     let inode = observe::netns_inode(&lab.server_ns);
     let server = SocketAddrV4::new(lab.server_addr().parse().expect("server address"), 25);
+    let logged = (pf.maillog().len(), lab.controller_log().len());
     let guard = start_guard(lab, d.guard);
+    let (real_recipients, forged_recipients) = recipients(lab, d);
     let (duration, grace) = scale.length(shape);
     let plan = Plan {
         server,
@@ -471,6 +548,9 @@ fn run_once(
             concurrency: shape.concurrency,
             real_share: scale.real_share,
             arrival: shape.arrival,
+            real_recipients,
+            forged_share: FORGED_SHARE,
+            forged_recipients,
         },
         senders: Senders {
             addrs: senders,
@@ -498,7 +578,37 @@ fn run_once(
         server_cpu: t1.saturating_sub(t0) as f64 * tick,
         softirq: c1.softirq.saturating_sub(c0.softirq) as f64 * tick,
     };
+    if std::env::var("STORM_DEBUG").is_ok() {
+        // What this run logged.
+        let (maillog, controller) = (pf.maillog(), lab.controller_log());
+        let log = format!(
+            "{}{}",
+            maillog.get(logged.0..).unwrap_or(""),
+            controller.get(logged.1..).unwrap_or("")
+        );
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        for l in log
+            .lines()
+            .filter(|l| (l.contains("warning") || l.contains("WARN")) && !l.contains(" event="))
+        {
+            // Without the time stamp and process id, so that repeats count together.
+            let text: String = l.split_whitespace().skip(4).collect::<Vec<_>>().join(" ");
+            *seen.entry(text.chars().take(160).collect()).or_default() += 1;
+        }
+        for (text, n) in seen {
+            eprintln!("  {n:>5} × {text}");
+        }
+    }
     stop_guard(lab, d.guard, guard);
+    if d.batv() {
+        // Postfix's processes keep their policy and socketmap connections to this controller;
+        // the next run's controller is a new process, and a stale connection's first request
+        // would fail (with `smtpd_policy_service_try_limit = 1`, open: DUNNO). A reload makes
+        // every idle process exit, so the next run starts as a server does after a restart of
+        // both.
+        sh(&mut pf.command("postfix", &["reload"]));
+        std::thread::sleep(Duration::from_secs(1));
+    }
     observe::drain(inode, Duration::from_secs(30));
     pf.wait_queue_empty(Duration::from_secs(30));
     run
@@ -544,7 +654,12 @@ pub fn storm(
             let limit = PROCESS_LIMIT.to_string();
             let mut main_cf: Vec<(&str, &str)> = vec![("default_process_limit", &limit)];
             main_cf.extend_from_slice(d.main_cf);
-            let pf = Postfix::start_with(&lab, &main_cf, "", d.master_cf);
+            let (main_raw, master_raw) = d.readme_cf.map_or_else(
+                || (String::new(), String::new()),
+                |(main, master)| (readme_block(main), readme_block(master)),
+            );
+            let master_cf = format!("{}{master_raw}", d.master_cf);
+            let pf = Postfix::start_with(&lab, &main_cf, &main_raw, &master_cf);
             let mut addrs = Addresses::new();
             let mut lost_mail = false;
             for (si, shape) in scale.shapes.iter().enumerate() {
@@ -558,7 +673,7 @@ pub fn storm(
                 let seed = (round * 1000 + si) as u64;
                 let run = run_once(&mut lab, &pf, d, shape, &scale, &mut addrs, seed);
                 eprintln!(
-                    "bench: storm [{:>4}s] round {} {:<20} {:<28} legit p90 {:>6.1}s delivered {:>5.1}% backscatter accepted {:>5} refused {:>5} busy {:>5.1}",
+                    "bench: storm [{:>4}s] round {} {:<28} {:<28} legit p90 {:>6.1}s delivered {:>5.1}% backscatter accepted {:>5} refused {:>5} real {}/{} busy {:>5.1}",
                     started.elapsed().as_secs(),
                     round + 1,
                     d.name,
@@ -567,6 +682,8 @@ pub fn storm(
                     100.0 * run.delivered_share(),
                     run.outcome.relays.accepted,
                     run.refused(),
+                    run.outcome.relays.real_delivered,
+                    run.outcome.relays.real_tried,
                     run.busy_mean(),
                 );
                 if std::env::var("STORM_DEBUG").is_ok() {
@@ -585,16 +702,20 @@ pub fn storm(
 fn timeline(run: &Run) {
     let r = &run.outcome.relays;
     eprintln!(
-        "  attempts {} accepted {} real {}/{} failures {:?} legit failures {:?} server cpu {:.2}s softirq {:.2}s syn dropped {}",
+        "  attempts {} accepted {} real {}/{} (lost {}) failures {:?} legit failures {:?} server cpu {:.2}s softirq {:.2}s syn dropped {} bans {} batv valid {} backscatter {}",
         r.attempts,
         r.accepted,
         r.real_delivered,
         r.real_tried,
+        r.real_rejected,
         r.failures,
         run.outcome.legit_failures,
         run.server_cpu,
         run.softirq,
-        run.xdp_delta(|x| x.syn_dropped)
+        run.xdp_delta(|x| x.syn_dropped),
+        run.xdp_delta(|x| x.bans),
+        run.xdp_delta(|x| x.batv_valid),
+        run.xdp_delta(|x| x.batv_backscatter),
     );
     for (sec, accepted) in r.accepted_per_second.iter().enumerate() {
         let s: Vec<&Sample> = run
@@ -698,7 +819,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
     );
     let _ = writeln!(
         md,
-        "Relays on addresses of their own (198.19.0.0/16, on the client namespace's veth) behave like MTAs flushing their queue to us: EHLO, `MAIL FROM:<>`, RCPT to one of 50 users, DATA with a DSN-shaped body (about 1.6 kB), QUIT, with a {:.0} ms pause before each command for the wide-area round trip, so a bounce session holds an smtpd process for about {:.1} s. A relay whose attempt fails (no handshake within {} s, a 4xx/5xx reply, a reply slower than {} s) defers its whole queue for {} s, doubling up to {} s, as an MTA's backoff does; a fifth of the relays also hold real bounces (every fourth item of their queue), answers to mail our users really sent. {} legitimate senders, each from its own address and not allowlisted, send a 2 kB message every {} s each (one connection at a time, well inside every limit) and retry a failed attempt after {} s; each delivery is timed from its first connect to the 250 after DATA, retries included. Messages are due during the first {} s of a storm; the storm goes on for {} s more, and a message not delivered by then counts as infinitely late (∞). \"After learning\": messages due {} s or more after the storm began.\n",
+        "Relays on addresses of their own (198.19.0.0/16, on the client namespace's veth) behave like MTAs flushing their queue to us: EHLO, `MAIL FROM:<>`, RCPT to one of 50 users, DATA with a DSN-shaped body (about 1.6 kB), QUIT, with a {:.0} ms pause before each command for the wide-area round trip, so a bounce session holds an smtpd process for about {:.1} s. A relay whose attempt fails (no handshake within {} s, a 4xx/5xx reply, a reply slower than {} s) defers its whole queue for {} s, doubling up to {} s, as an MTA's backoff does; a fifth of the relays also hold real bounces (every fourth item of their queue), answers to mail our users really sent, to the address they sent from. {} legitimate senders, each from its own address and not allowlisted, send a 2 kB message every {} s each (one connection at a time, well inside every limit) and retry a failed attempt after {} s; each delivery is timed from its first connect to the 250 after DATA, retries included. Messages are due during the first {} s of a storm; the storm goes on for {} s more, and a message not delivered by then counts as infinitely late (∞). \"After learning\": messages due {} s or more after the storm began.\n",
         t.pause.as_secs_f64() * 1000.0,
         t.pause.as_secs_f64() * 6.0,
         t.connect_timeout.as_secs(),
@@ -731,15 +852,27 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
             Guard::Nothing if d.main_cf.is_empty() => "Postfix as it comes".into(),
             Guard::Nothing => settings(d.main_cf),
             Guard::Nftables => format!("`{}`", flood::nft_rule()),
+            Guard::SmtpXdp([]) => {
+                "`smtp-xdp run` with its defaults (native XDP on the server's veth)".into()
+            }
             Guard::SmtpXdp(args) => format!(
-                "`smtp-xdp run{}{}` with its defaults (native XDP on the server's veth)",
-                if args.is_empty() { "" } else { " " },
+                "`smtp-xdp run {}`, otherwise its defaults: BATV as an operator runs it once the grace period is over, so every untagged or falsely tagged bounce is backscatter and refused with `550 5.7.1` at RCPT (and charged: a relay that keeps sending it is banned in XDP), and a validly tagged one is delivered and never charged",
                 args.join(" ")
+            ),
+        };
+        let how = match d.readme_cf {
+            None => how,
+            Some((main, master)) => format!(
+                "{how}; Postfix with the README's `{main}` and `{master}` blocks, as given there (recipient canonical map `batv-strip` and the policy service in front of every recipient; the signing cleanup for submission and pickup). The controller creates its key on its first start; the storm's real bounces go to our users' addresses tagged with that key (what our side sent from), signed when the run starts."
             ),
         };
         let _ = writeln!(md, "- {}: {how}", d.name);
     }
-    let _ = writeln!(md, "- smtp-xdp with BATV enforcing: not yet measured (BATV has not landed); it will be one more entry in `DEFENCES` in `tests/src/bin/bench/storm.rs`.\n");
+    let _ = writeln!(
+        md,
+        "\nEvery defence meets the same storm: without BATV our users' mail leaves untagged, so real bounces come back to their plain addresses; {:.0}% of the backscatter goes to addresses with a forged tag (today's, from a key the controller does not have), the rest to plain addresses.\n",
+        FORGED_SHARE * 100.0
+    );
 
     for (title, learned) in [
         (
@@ -807,10 +940,10 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
             shape.arrival.as_secs(),
             (scale.duration + scale.grace).as_secs(),
         );
-        let _ = writeln!(md, "| defence | legit delivered | p50 | p90 | p99 | max | p90 after learning | legit failed attempts | backscatter accepted | real bounces delivered (of tried) | bounce attempts refused (of all) | SYNs dropped in XDP (bans) | smtpd busy (mean / max) | server CPU: processes / softirq |");
+        let _ = writeln!(md, "| defence | legit delivered | p50 | p90 | p99 | max | p90 after learning | legit failed attempts | backscatter accepted | real bounces delivered (of tried) | real bounces refused for good (5xx) | bounce attempts refused (of all; with 5xx) | SYNs dropped in XDP (bans) | smtpd busy (mean / max) | server CPU: processes / softirq |");
         let _ = writeln!(
             md,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for (di, d) in DEFENCES.iter().enumerate() {
             let runs = &results[di][si];
@@ -823,7 +956,9 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
             let p90_learned = p90(runs, Some(scale.learned)).expect("runs");
             let accepted = over(runs, |r| r.outcome.relays.accepted as f64).expect("runs");
             let refused = m(&|r| r.refused() as f64);
+            let rejected = m(&|r| r.outcome.relays.failures.rejected_command as f64);
             let attempts = m(&|r| r.outcome.relays.attempts as f64);
+            let real_rejected = m(&|r| r.outcome.relays.real_rejected as f64);
             let syn = match d.guard {
                 Guard::SmtpXdp(_) => format!(
                     "{:.0} ({:.0})",
@@ -834,7 +969,7 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
             };
             let _ = writeln!(
                 md,
-                "| {} | {:.0}% | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} of {:.0} | {refused:.0} of {attempts:.0} | {syn} | {:.0} / {:.0} | {:.1} / {:.1} s |",
+                "| {} | {:.0}% | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} of {:.0} | {real_rejected:.0} | {refused:.0} of {attempts:.0}; {rejected:.0} | {syn} | {:.0} / {:.0} | {:.1} / {:.1} s |",
                 d.name,
                 100.0 * m(&|r| r.delivered_share()),
                 secs(pct(50.0)),
@@ -860,24 +995,31 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
                 "backscatter_accepted": accepted.median, "backscatter_accepted_min": accepted.min, "backscatter_accepted_max": accepted.max,
                 "real_bounces_delivered": m(&|r| r.outcome.relays.real_delivered as f64),
                 "real_bounces_tried": m(&|r| r.outcome.relays.real_tried as f64),
+                "real_bounces_rejected": real_rejected,
                 "bounce_attempts": attempts,
                 "bounce_attempts_refused": refused,
+                "bounce_attempts_rejected_5xx": rejected,
                 "syns_dropped_xdp": m(&|r| r.xdp_delta(|x| x.syn_dropped) as f64),
                 "bans": m(&|r| r.xdp_delta(|x| x.bans) as f64),
+                "batv_valid": m(&|r| r.xdp_delta(|x| x.batv_valid) as f64),
+                "batv_backscatter": m(&|r| r.xdp_delta(|x| x.batv_backscatter) as f64),
                 "storm_mode_at_s": num(m(&|r| r.storm_at().unwrap_or(f64::NAN))),
                 "smtpd_busy_mean": m(&|r| r.busy_mean()), "smtpd_busy_max": m(&|r| r.busy_max() as f64),
                 "server_cpu_s": m(&|r| r.server_cpu), "softirq_s": m(&|r| r.softirq),
             }));
         }
         let _ = writeln!(md);
-        if let Some(di) = DEFENCES
-            .iter()
-            .position(|d| matches!(d.guard, Guard::SmtpXdp(_)))
-        {
+        for (di, d) in DEFENCES.iter().enumerate() {
+            if !matches!(d.guard, Guard::SmtpXdp(_)) {
+                continue;
+            }
             let runs = &results[di][si];
             if let Some(at) = over(runs, |r| r.storm_at().unwrap_or(f64::NAN)) {
                 let syns = median(runs, |r| r.xdp_delta(|x| x.syn_dropped) as f64);
                 let refused = median(runs, |r| r.refused() as f64);
+                let rejected = median(runs, |r| r.outcome.relays.failures.rejected_command as f64);
+                // Refusals without a 5xx: at the SYN, apart from a few timeouts.
+                let refused = refused - rejected;
                 let cost = banned_syn_ns
                     .map(|ns| {
                         format!(
@@ -886,9 +1028,15 @@ fn write_report(report: &mut Report, scale: &Scale, results: &Results, banned_sy
                         )
                     })
                     .unwrap_or_default();
+                let batv = if d.batv() {
+                    format!(" {rejected:.0} more were backscatter refused by BATV with `550` at RCPT: each took a handshake, an smtpd process for three round trips, a socketmap and a policy lookup, but no DATA, and the relay gave that bounce up at once.")
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     md,
-                    "smtp-xdp's storm mode came on {} s into the storm. It refused {refused:.0} attempts with {syns:.0} SYNs dropped in XDP (a relay's SYN and its retransmits until it gave up; attempts still waiting when the run ended are not counted as refused){cost}, and no socket, process or reply. A refusal by anvil or postscreen comes after the handshake, from a process, with a 4xx reply.\n",
+                    "{}: storm mode came on {} s into the storm. It refused {refused:.0} attempts with {syns:.0} SYNs dropped in XDP (a relay's SYN and its retransmits until it gave up; attempts still waiting when the run ended are not counted as refused){cost}, and no socket, process or reply.{batv} A refusal by anvil or postscreen comes after the handshake, from a process, with a 4xx reply.\n",
+                    d.name,
                     spread(&at, |x| format!("{x:.0}")),
                 );
             }
