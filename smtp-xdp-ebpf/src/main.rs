@@ -11,7 +11,7 @@
 
 use core::{
     ffi::c_void,
-    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    intrinsics::{atomic_cxchg, AtomicOrdering},
     ptr::read_volatile,
 };
 
@@ -29,10 +29,10 @@ use smtp_xdp_common::{
     event_kind,
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
-    port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
-    SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_DECISIONS,
+    port_flags, present, select, Ban, BounceState, Counter, Event, Meta, Policy, PortStats,
+    SourceKey, SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_DECISIONS,
     DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS,
-    MAX_TRUSTED, SCAN_WINDOW,
+    MAX_TRUSTED, SCAN_WINDOW, SOURCES_PER_BOUNCER,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -48,6 +48,11 @@ static PORT_SLOTS: Array<u32> = Array::with_max_entries(65536, 0);
 #[map]
 static SOURCES: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+/// Bounce state of the sources that sent bounces; sized by the controller (a fraction of
+/// `--max-sources`).
+#[map]
+static BOUNCERS: LruHashMap<SourceKey, BounceState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES / SOURCES_PER_BOUNCER, 0);
 /// The penalty box. A plain hash, not LRU: a spoofed flood must not be able to evict bans.
 #[map]
 static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(DEFAULT_MAX_BANS, 0);
@@ -213,12 +218,6 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn atomic_add(p: *mut u64, v: u64) {
-    // SAFETY: `p` points into a map value; BPF_ATOMIC add on it is what other CPUs see.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
-}
-
-#[inline(always)]
 fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> bool {
     // SAFETY: `p` points into a map value shared by all CPUs.
     unsafe {
@@ -302,6 +301,24 @@ impl KernelEnv<'_> {
         }
         p
     }
+
+    /// The source's bounce state, created on first sight when `create`.
+    #[inline(always)]
+    fn bounce_state(&self, create: bool) -> Option<*mut BounceState> {
+        if let Some(p) = BOUNCERS.get_ptr_mut(self.key) {
+            return Some(p);
+        }
+        if !create {
+            return None;
+        }
+        // As for `state`: an error is mostly another CPU's insert winning.
+        let _ = BOUNCERS.insert(self.key, BounceState::default(), BPF_NOEXIST as u64);
+        let p = BOUNCERS.get_ptr_mut(self.key);
+        if p.is_none() {
+            count(Counter::SourceInsertFailed);
+        }
+        p
+    }
 }
 
 impl BanEnv for KernelEnv<'_> {
@@ -337,15 +354,14 @@ impl BanEnv for KernelEnv<'_> {
             ev.reason = b.reason;
             ev.level = b.level;
             ev.value = b.until - b.since;
+        } else if kind == event_kind::BOUNCE_LIMIT {
+            if let Some(b) = self.bounce_state(false) {
+                // SAFETY: `b` points into the BOUNCERS value for this key.
+                ev.value = unsafe { (*b).bounces } as u64;
+            }
         } else if let Some(st) = self.state(false) {
             // SAFETY: `st` points into the SOURCES value for this key.
-            unsafe {
-                ev.value = if kind == event_kind::BOUNCE_LIMIT {
-                    (*st).bounces
-                } else {
-                    (*st).syns
-                };
-            }
+            ev.value = unsafe { (*st).syns } as u64;
         }
         if EVENTS.output::<Event>(&ev, 0).is_err() {
             count(Counter::EventsLost);
@@ -423,30 +439,20 @@ impl SynEnv for KernelEnv<'_> {
     }
 
     #[inline(always)]
-    fn note_banned_syn(&mut self, now: u64) {
-        if let Some(st) = self.state(false) {
-            // SAFETY: `st` points into the SOURCES value for this key.
-            unsafe {
-                atomic_add(&raw mut (*st).syns, 1);
-                atomic_add(&raw mut (*st).drops, 1);
-                (*st).last_seen = now;
-            }
-        }
-    }
-
-    #[inline(always)]
     fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
         let Some(st) = self.state(true) else {
             return RateOutcome::Untracked;
         };
         self.st = st;
         // SAFETY: `st` points into the SOURCES value for this key. The bucket is updated by
-        // compare-and-swap; statistics by atomic adds; the flags by a plain store (a race there
-        // can only mark a source one SYN late).
+        // compare-and-swap; statistics and flags by plain stores (a race there can only lose a
+        // count, or mark a source one SYN late, never admit more than the bucket allows).
         unsafe {
-            let gcra = decide::syn_limit(policy, &mut *st, storm_on());
-            atomic_add(&raw mut (*st).syns, 1);
-            (*st).last_seen = now;
+            let key = self.key;
+            let gcra = decide::syn_limit(policy, &mut *st, storm_on(), || {
+                BOUNCERS.get_ptr(key).is_some()
+            });
+            (*st).count_syn();
             if gcra_shared(&raw mut (*st).syn_tat, gcra, now) {
                 return RateOutcome::Admitted;
             }
@@ -467,7 +473,7 @@ impl SynEnv for KernelEnv<'_> {
         // this program run. The offence window takes plain stores (a race there can only shift
         // a ban by one drop).
         unsafe {
-            atomic_add(&raw mut (*st).drops, 1);
+            (*st).count_drop();
             bans::record_rate_drop(&mut *st, now, policy)
         }
     }
@@ -602,11 +608,11 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     if env.allowlisted() {
         return;
     }
-    let Some(st) = env.state(true) else {
+    let Some(st) = env.bounce_state(true) else {
         return;
     };
     let now = now();
-    // SAFETY: `st` points into the SOURCES value for this key.
+    // SAFETY: `st` points into the BOUNCERS value for this key.
     let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm_on(), found, now) };
     if verdict == BounceVerdict::OverLimit {
         decide::bounce_over_limit(&mut env, policy, now);

@@ -13,8 +13,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_xdp_common::{
-    names, port_flags, present, select, Ban, Counter, Meta, Policy, PortStats, SourceKey,
-    SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
+    names, port_flags, present, select, Ban, BounceState, Counter, Meta, Policy, PortStats,
+    SourceKey, SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_IPV6_PREFIX, MAX_PORTS,
 };
 use thiserror::Error;
 
@@ -83,6 +83,8 @@ pub struct Maps {
     pub select: Array<MapData, u32>,
     pub port_slots: Array<MapData, u32>,
     pub sources: HashMap<MapData, SourceKey, SourceState>,
+    /// Bounce state of the sources that sent bounces.
+    pub bouncers: HashMap<MapData, SourceKey, BounceState>,
     pub bans: HashMap<MapData, SourceKey, Ban>,
     pub allow: [ListCopy; 2],
     pub deny: [ListCopy; 2],
@@ -147,6 +149,7 @@ impl Maps {
             select: take(s, names::SELECT)?,
             port_slots: take(s, names::PORT_SLOTS)?,
             sources: take(s, names::SOURCES)?,
+            bouncers: take(s, names::BOUNCERS)?,
             bans: take(s, names::BANS)?,
             allow: [
                 ListCopy {
@@ -734,6 +737,21 @@ impl Maps {
             .insert(key, st, 0)
             .map_err(map_err(names::SOURCES))
     }
+
+    /// The bounce state of a source that sent bounces.
+    pub fn bouncer(&self, key: &SourceKey) -> Result<Option<BounceState>> {
+        match self.bouncers.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::BOUNCERS)(e)),
+        }
+    }
+
+    pub fn set_bouncer(&mut self, key: &SourceKey, st: &BounceState) -> Result<()> {
+        self.bouncers
+            .insert(key, st, 0)
+            .map_err(map_err(names::BOUNCERS))
+    }
 }
 
 /// Reads `META[0]` from a pin directory without opening anything else.
@@ -801,12 +819,13 @@ fn v6_net(data: [u8; 16], prefix: u32) -> IpNet {
 
 /// The network a source key stands for (its address with the prefix it was masked to).
 pub fn key_net(key: &SourceKey, policy: Option<&Policy>) -> IpNet {
-    if key.family == FAMILY_V4 {
+    let addr = key.addr();
+    if key.family() == FAMILY_V4 {
         let prefix = policy.map_or(32, |p| p.ipv4_prefix);
-        v4_net([key.addr[0], key.addr[1], key.addr[2], key.addr[3]], prefix)
+        v4_net([addr[0], addr[1], addr[2], addr[3]], prefix)
     } else {
-        let prefix = policy.map_or(64, |p| p.ipv6_prefix);
-        v6_net(key.addr, prefix)
+        let prefix = policy.map_or(MAX_IPV6_PREFIX, |p| p.ipv6_prefix.min(MAX_IPV6_PREFIX));
+        v6_net(addr, prefix)
     }
 }
 

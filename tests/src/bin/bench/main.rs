@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: smtp-xdp's benchmarks, side by side with what a mail operator
+//! `cargo xtask bench [--quick] [--only SECTION] [--repeat N] [--runs N]`: smtp-xdp's benchmarks, side by side with what a mail operator
 //! would use instead. The full run writes docs/benchmarks.md, docs/benchmarks.json and the SVG
 //! figures; `--quick` (CI) runs every benchmark briefly and writes nothing.
 
@@ -42,10 +42,18 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
+    // `--repeat N` and `--runs N` override the section 1 and 2 sampling (short runs while
+    // working on the program; the report uses the defaults).
+    let number = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
     let mode = Mode {
         quick,
-        repeat: if quick { 20_000 } else { 1_000_000 },
-        runs: if quick { 1 } else { 7 },
+        repeat: number("--repeat").unwrap_or(if quick { 20_000 } else { 1_000_000 }),
+        runs: number("--runs").map_or(if quick { 1 } else { 7 }, |n| n.max(1) as usize),
     };
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut report = Report::new(quick);
@@ -389,10 +397,7 @@ fn scale(mode: &Mode, report: &mut Report) {
             for i in 0..n {
                 let mut addr = [0u8; 16];
                 addr[..4].copy_from_slice(&(0x0a00_0000u32 + i).to_be_bytes());
-                let key = SourceKey {
-                    family: FAMILY_V4,
-                    addr,
-                };
+                let key = SourceKey::masked(FAMILY_V4, &addr, 32);
                 k.maps
                     .sources
                     .insert(key, SourceState::default(), 0)
