@@ -10,6 +10,7 @@ pub mod names {
     pub const SOURCES: &str = "SOURCES";
     pub const BOUNCERS: &str = "BOUNCERS";
     pub const BANS: &str = "BANS";
+    pub const BAN_FILTER: &str = "BAN_FILTER";
     pub const ALLOW_V4_A: &str = "ALLOW_V4_A";
     pub const ALLOW_V4_B: &str = "ALLOW_V4_B";
     pub const ALLOW_V6_A: &str = "ALLOW_V6_A";
@@ -32,13 +33,14 @@ pub mod names {
     pub const CROWDSEC_V6: &str = "CROWDSEC_V6";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 26] = [
+    pub const PINNED: [&str; 27] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
         SOURCES,
         BOUNCERS,
         BANS,
+        BAN_FILTER,
         ALLOW_V4_A,
         ALLOW_V4_B,
         ALLOW_V6_A,
@@ -86,6 +88,23 @@ pub mod present {
     pub const TRUSTED: u32 = 8;
     /// `CROWDSEC_V4` / `CROWDSEC_V6`: decisions of a CrowdSec Local API.
     pub const CROWDSEC: u32 = 16;
+}
+
+/// Slots of `BAN_FILTER`: per slot, how many `BANS` keys hash to it (an over-count is allowed,
+/// an under-count never). A SYN whose slot holds 0 has no ban, and skips the `BANS` lookup.
+///
+/// Every writer of `BANS` keeps it so: it adds one to the slot before inserting a new key
+/// (`BPF_NOEXIST`), takes it back when the key already existed (and then replaces it with
+/// `BPF_EXIST`, starting over if the key vanished meanwhile), and subtracts one only after a
+/// delete that removed the key. The map is memory-mapped by the controller, so both sides update
+/// it with atomic adds.
+pub const BAN_FILTER_SLOTS: u32 = 1 << 16;
+
+/// The `BAN_FILTER` slot of a source key (a multiplicative hash of its eight bytes).
+#[inline(always)]
+pub fn ban_filter_slot(key: &SourceKey) -> u32 {
+    let k = u64::from_ne_bytes(key.bytes);
+    (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (BAN_FILTER_SLOTS - 1)
 }
 
 /// Default sizes of the maps the controller can resize.

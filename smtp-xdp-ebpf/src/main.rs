@@ -11,12 +11,12 @@
 
 use core::{
     ffi::c_void,
-    intrinsics::{atomic_cxchg, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
     ptr::read_volatile,
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -30,9 +30,9 @@ use smtp_xdp_common::{
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
     port_flags, present, select, Ban, BounceState, Counter, Event, Meta, Policy, PortStats,
-    SourceKey, SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_DECISIONS,
-    DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS,
-    MAX_TRUSTED, SCAN_WINDOW, SOURCES_PER_BOUNCER,
+    SourceKey, SourceState, Trust, BAN_FILTER_SLOTS, COUNTER_SLOTS, DEFAULT_MAX_BANS,
+    DEFAULT_MAX_DECISIONS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
+    MAX_LIST_ENTRIES, MAX_PORTS, MAX_TRUSTED, SCAN_WINDOW, SOURCES_PER_BOUNCER,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -56,6 +56,10 @@ static BOUNCERS: LruHashMap<SourceKey, BounceState> =
 /// The penalty box. A plain hash, not LRU: a spoofed flood must not be able to evict bans.
 #[map]
 static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(DEFAULT_MAX_BANS, 0);
+/// Per slot, how many `BANS` keys hash there (see `smtp_xdp_common::BAN_FILTER_SLOTS`): a SYN
+/// whose slot is 0 skips the penalty-box lookup. Memory-mapped by the controller.
+#[map]
+static BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_SLOTS, BPF_F_MMAPABLE);
 
 macro_rules! list_trie {
     ($name:ident, $key:ty) => {
@@ -218,6 +222,12 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value; BPF_ATOMIC add on it is what other CPUs see.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) };
+}
+
+#[inline(always)]
 fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> bool {
     // SAFETY: `p` points into a map value shared by all CPUs.
     unsafe {
@@ -324,13 +334,20 @@ impl KernelEnv<'_> {
 impl BanEnv for KernelEnv<'_> {
     #[inline(always)]
     fn ban_entry(&mut self) -> Option<Ban> {
+        // No key of the penalty box hashes to this slot: no ban, and no lookup.
+        if BAN_FILTER
+            .get(smtp_xdp_common::ban_filter_slot(&self.key))
+            .is_some_and(|&n| n == 0)
+        {
+            return None;
+        }
         // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
         unsafe { BANS.get(self.key).copied() }
     }
 
     #[inline(always)]
     fn store_ban(&mut self, ban: &Ban) -> bool {
-        let stored = BANS.insert(self.key, ban, 0).is_ok();
+        let stored = store_ban(&self.key, ban);
         if !stored {
             // Rare (the penalty box is full): worth a log line, never on the normal path.
             aya_log_ebpf::warn!(
@@ -485,6 +502,34 @@ impl SynEnv for KernelEnv<'_> {
             None => true,
         }
     }
+}
+
+/// Stores a penalty-box entry, keeping `BAN_FILTER` an upper bound of the keys per slot (the
+/// protocol is in `smtp_xdp_common::BAN_FILTER_SLOTS`). Two rounds at most: past them, one
+/// count too many (a lookup too many for the slot, never a missed ban).
+#[inline(always)]
+fn store_ban(key: &SourceKey, ban: &Ban) -> bool {
+    let Some(n) = BAN_FILTER.get_ptr_mut(smtp_xdp_common::ban_filter_slot(key)) else {
+        return false;
+    };
+    let mut round = 0;
+    while round < 2 {
+        atomic_add(n, 1);
+        if BANS.insert(key, ban, BPF_NOEXIST as u64).is_ok() {
+            return true;
+        }
+        atomic_add(n, u64::MAX);
+        if BANS.insert(key, ban, BPF_EXIST as u64).is_ok() {
+            return true;
+        }
+        round += 1;
+    }
+    atomic_add(n, 1);
+    if BANS.insert(key, ban, 0).is_ok() {
+        return true;
+    }
+    atomic_add(n, u64::MAX);
+    false
 }
 
 /// Whether the controller has declared a bounce storm.
