@@ -162,6 +162,12 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A program that drops everything: the floor the driver-path benchmark compares against.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> (Counter, u32) {
     let seg = match parse::parse(&Packet { ctx }) {

@@ -18,6 +18,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "smtp_xdp";
 /// A program that passes everything, loaded by the benchmarks as a baseline.
 pub const PASS_PROGRAM: &str = "xdp_pass";
+/// A program that drops everything: the floor of the benchmarks' driver path.
+pub const DROP_PROGRAM: &str = "xdp_drop";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
