@@ -126,6 +126,8 @@ pub const EVENTS_BYTES: u32 = 1 << 18;
 pub const COUNTER_SLOTS: u32 = 64;
 /// Bytes of `Meta::state_path`.
 pub const STATE_PATH_BYTES: usize = 256;
+/// Bytes of `Meta::program_version`.
+pub const PROGRAM_VERSION_BYTES: usize = 32;
 
 /// Address families, as [`SourceKey::family`] and the parser name them.
 pub const FAMILY_V4: u32 = 4;
@@ -706,6 +708,11 @@ pub struct Meta {
     /// The state file the controller saves to, NUL-padded, so CLI commands save their changes
     /// to the same file (empty: none known).
     pub state_path: [u8; STATE_PATH_BYTES],
+    /// SHA-256 of the XDP object the controller loaded (all zero: not known), so `status` can
+    /// tell when the program in the kernel is not the one the installed binary carries.
+    pub program_sha256: [u8; 32],
+    /// Version and commit of the controller that loaded the program, NUL-padded.
+    pub program_version: [u8; PROGRAM_VERSION_BYTES],
 }
 
 impl Meta {
@@ -728,6 +735,25 @@ impl Meta {
             .unwrap_or(STATE_PATH_BYTES);
         &self.state_path[..end]
     }
+
+    /// Records the program loaded: its object's hash and the loading build's version (cut to
+    /// fit).
+    pub fn set_program(&mut self, sha256: [u8; 32], version: &[u8]) {
+        self.program_sha256 = sha256;
+        self.program_version = [0; PROGRAM_VERSION_BYTES];
+        let n = version.len().min(PROGRAM_VERSION_BYTES);
+        self.program_version[..n].copy_from_slice(&version[..n]);
+    }
+
+    /// The recorded version's bytes (empty when none is known).
+    pub fn program_version(&self) -> &[u8] {
+        let end = self
+            .program_version
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(PROGRAM_VERSION_BYTES);
+        &self.program_version[..end]
+    }
 }
 
 impl Default for Meta {
@@ -740,6 +766,8 @@ impl Default for Meta {
             attached_at: 0,
             controller_started: 0,
             state_path: [0; STATE_PATH_BYTES],
+            program_sha256: [0; 32],
+            program_version: [0; PROGRAM_VERSION_BYTES],
         }
     }
 }
@@ -775,7 +803,10 @@ mod tests {
         assert_eq!(size_of::<PortStats>(), 3 * 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 8 + 4 + 4 + 8 + 8 + 16);
         assert_eq!(size_of::<Trust>(), 2 * 8 + 16 + 2 * 4);
-        assert_eq!(size_of::<Meta>(), 4 * 4 + 2 * 8 + STATE_PATH_BYTES);
+        assert_eq!(
+            size_of::<Meta>(),
+            4 * 4 + 2 * 8 + STATE_PATH_BYTES + 32 + PROGRAM_VERSION_BYTES
+        );
         const { assert!(Counter::COUNT <= COUNTER_SLOTS && UserCounter::COUNT <= COUNTER_SLOTS) };
     }
 

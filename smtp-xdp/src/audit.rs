@@ -63,18 +63,24 @@ pub fn current_user() -> String {
     format!("uid {uid}")
 }
 
-/// Appends `record` and fsyncs it (the file is root's alone).
+/// Appends `record` and fsyncs it (the file is readable by the state directory's owner alone).
 pub fn append(path: &Path, record: &Record) -> std::io::Result<()> {
     if fs::metadata(path).is_ok_and(|m| m.len() > MAX_BYTES) {
         let _ = fs::rename(path, path.with_extension("log.1"));
     }
     let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     line.push(b'\n');
+    let created = !path.exists();
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
+    if created {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::ownership::give_to_dir_owner(&f, dir)?;
+        }
+    }
     f.write_all(&line)?;
     f.sync_all()
 }

@@ -271,6 +271,8 @@ pub enum KeyFileError {
     },
     #[error("BATV key file {path} holds no key: add one with `smtp-xdp batv rotate`, or remove the file to have a new one created")]
     Empty { path: PathBuf },
+    #[error("BATV key {number} would be replaced, but the tags it signed still verify until {until}: bounces to them would be refused as backscatter. Rotate after that, or use --force")]
+    StillVerifies { number: u8, until: String },
     #[error("cannot generate a BATV key: {0}")]
     Random(String),
 }
@@ -289,7 +291,7 @@ pub struct KeyParseError {
 }
 
 const KEY_FILE_HEADER: &str = "\
-# smtp-xdp BATV keys. Secret: keep this file mode 0600, owned by root.
+# smtp-xdp BATV keys. Secret: keep this file mode 0600, owned by the user smtp-xdp runs as.
 # One key per line: NUMBER CREATED SECRET
 #   NUMBER   the tag's key digit, 0 to 9
 #   CREATED  Unix time the key was added
@@ -448,11 +450,22 @@ impl KeySet {
 
     /// This set with a new random signing key (the next key number) added at `unix`, and keys
     /// that no longer verify anything dropped.
-    pub fn rotated(&self, unix: u64) -> Result<Self, KeyFileError> {
+    ///
+    /// The next number's key, if it still verifies, goes: its tags no longer verify. Unless
+    /// `force`, that is refused (ten rotations within a tag's lifetime), as real bounces to
+    /// those tags would be refused as backscatter.
+    pub fn rotated(&self, unix: u64, force: bool) -> Result<Self, KeyFileError> {
         let number = (self.signing().number + 1) % 10;
         let mut keys: Vec<Key> = Vec::new();
         for (i, k) in self.keys.iter().enumerate() {
             let retired = self.retired_at(i).is_some_and(|at| unix >= at);
+            if !retired && k.number == number && !force {
+                let until = self.retired_at(i).unwrap_or(u64::MAX);
+                return Err(KeyFileError::StillVerifies {
+                    number,
+                    until: crate::clock::rfc3339(until),
+                });
+            }
             if !retired && k.number != number {
                 keys.push(k.clone());
             }
@@ -532,7 +545,14 @@ impl KeySet {
 fn check_owner_and_mode(path: &Path, owner: u32, mode: u32) -> Result<(), KeyFileError> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if owner != me {
+    // Root's CLI reads the file of the packaged controller, which runs as its own user and owns
+    // the directory the file is in.
+    let dir_owner = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(|d| fs::metadata(d).ok())
+        .map(|m| m.uid());
+    if owner != me && !(me == 0 && dir_owner == Some(owner)) {
         return Err(KeyFileError::Owner {
             path: path.to_path_buf(),
             owner,
@@ -573,6 +593,8 @@ fn write_file(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        // Root's CLI writing for the unprivileged controller: the file stays the controller's.
+        crate::ownership::give_to_dir_owner(&f, dir)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);
@@ -891,7 +913,7 @@ mod tests {
     fn key_rotation() {
         let old = KeySet::new(vec![Key::new(0, Y2025, &[1; 32])]).unwrap();
         let old_tag = old.tag("u@test.ex", Y2026);
-        let rotated = old.rotated(Y2026).unwrap();
+        let rotated = old.rotated(Y2026, false).unwrap();
         assert_eq!(rotated.keys().len(), 2);
         assert_eq!(rotated.signing().number, 1);
         let new_tag = rotated.tag("u@test.ex", Y2026);
@@ -914,15 +936,23 @@ mod tests {
         // The text round-trips; the next rotation drops the retired key and reuses no number.
         let text = rotated.render();
         assert_eq!(KeySet::parse(&text).unwrap(), rotated);
-        let again = rotated.rotated(late).unwrap();
+        let again = rotated.rotated(late, false).unwrap();
         assert_eq!(
             again.keys().iter().map(|k| k.number).collect::<Vec<_>>(),
             [1, 2]
         );
-        // Ten rotations in a day: numbers wrap, the key being replaced goes.
+        // Ten rotations in a day: the tenth would replace a key that still verifies, refused
+        // unless forced; forced, numbers wrap and the key being replaced goes.
         let mut k = old;
-        for _ in 0..12 {
-            k = k.rotated(Y2026).unwrap();
+        for i in 0..12 {
+            match k.rotated(Y2026, false) {
+                Ok(next) => k = next,
+                Err(KeyFileError::StillVerifies { .. }) => {
+                    assert!(i >= 9, "refused at rotation {i}");
+                    k = k.rotated(Y2026, true).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
         assert!(k.keys().len() <= 10);
         let nums: std::collections::HashSet<u8> = k.keys().iter().map(|k| k.number).collect();
@@ -1077,7 +1107,7 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).unwrap();
         assert!(KeySet::load_or_create(&path, Y2026).is_err());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let rotated = k.rotated(Y2026 + 2).unwrap();
+        let rotated = k.rotated(Y2026 + 2, false).unwrap();
         rotated.save(&path).unwrap();
         assert_eq!(KeySet::load(&path).unwrap(), rotated);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);

@@ -8,7 +8,7 @@ use smtp_xdp::config::Overrides;
 #[derive(Parser)]
 #[command(
     name = "smtp-xdp",
-    version,
+    version = smtp_xdp::version::line(),
     about = "Kernel-accelerated SMTP flood and bounce-storm limiter (XDP)",
     long_about = "Rate-limits new SMTP connections per source in XDP, bans repeat offenders and \
                   bounce flooders, and honours allow/deny lists. `run` attaches and stays in the \
@@ -89,15 +89,15 @@ pub enum Command {
         /// Address or CIDR: lifts its own ban and every ban inside it.
         #[arg(
             value_name = "NET",
-            required_unless_present = "all",
-            conflicts_with = "all"
+            required_unless_present_any = ["all", "reason"],
+            conflicts_with_all = ["all", "reason"]
         )]
         net: Option<String>,
         /// Lift every ban (manual and automatic); with --reason only those of that reason.
         #[arg(long)]
         all: bool,
-        /// With --all: only bans of this reason.
-        #[arg(long, value_enum, requires = "all")]
+        /// Lift every ban of this reason (implies --all).
+        #[arg(long, value_enum)]
         reason: Option<Reason>,
         #[command(flatten)]
         target: Target,
@@ -117,14 +117,18 @@ pub enum Command {
     /// Changes stay in force across reloads and restarts (kept in the state file) until
     /// `set --reset KEY`, or are written to the config file with `--save`.
     Set {
-        /// KEY=VALUE pairs (keys the kernel's policy holds; see `smtp-xdp set --help`).
+        /// KEY=VALUE pairs, of the keys the kernel's policy holds: rate, burst, ports,
+        /// ipv4-prefix, ipv6-prefix, dry-run, ban-threshold, ban-window, ban (or ban-time),
+        /// ban-max, ban-memory, bounce-rate, bounce-burst, storm-factor, global-rate,
+        /// global-burst.
         #[arg(value_name = "KEY=VALUE", required_unless_present_any = ["reset", "reset_all"])]
         pairs: Vec<String>,
         /// Also write the pairs to the config file (like `postconf -e`) instead of keeping them
         /// as live overrides.
         #[arg(long, conflicts_with_all = ["reset", "reset_all"])]
         save: bool,
-        /// The config file `--save` writes [default: /etc/smtp-xdp/smtp-xdp.toml].
+        /// The config file `--save` writes [default: the one the controller runs with, else
+        /// /etc/smtp-xdp/smtp-xdp.toml].
         #[arg(long, value_name = "FILE", requires = "save")]
         config: Option<PathBuf>,
         /// Drop the live overrides of these keys: the controller reloads and the config file's
@@ -211,6 +215,10 @@ pub enum BatvOp {
     /// Add a new signing key (the next key number); older keys still verify until the tags
     /// they signed have expired. Reload the controller afterwards.
     Rotate {
+        /// Rotate even when the key being replaced (numbers wrap after 9) still verifies tags
+        /// that have not expired: bounces to those are then refused.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         keys: BatvKeys,
     },
@@ -267,6 +275,10 @@ pub enum ListOp {
         /// Addresses or CIDRs (IPv4-mapped IPv6 addresses count as IPv4).
         #[arg(required = true, value_name = "NETS")]
         nets: Vec<String>,
+        /// Add networks wider than /16 (IPv4) or /32 (IPv6) too, and to the denylist networks
+        /// that hold this host's own addresses.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -287,12 +299,17 @@ pub enum ListOp {
     },
     /// Replace the whole list (IPv4 and IPv6) with the content of one or more files, atomically.
     ///
-    /// One IP or CIDR per line, `#` comments, Spamhaus DROP format; a bad line refuses every
-    /// file. Prints what changed per family (+added -removed =kept).
+    /// Text (one IP or CIDR per line, `#` comments, Spamhaus's legacy drop.txt) or Spamhaus's
+    /// DROP JSON lines (drop_v4.json, drop_v6.json), detected per file; a bad line refuses
+    /// every file. Prints what changed per family (+added -removed =kept).
     Load {
         /// List files, read together as one list.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// The files' format: auto (JSON when the first line that is not a comment starts with
+        /// `{`), text or json.
+        #[arg(long, value_enum, default_value_t = smtp_xdp::lists::Format::Auto)]
+        format: smtp_xdp::lists::Format,
         /// Replace even when the files would empty (or nearly empty) a family of a non-empty
         /// list.
         #[arg(long)]
@@ -398,6 +415,11 @@ pub struct RunArgs {
     /// human or json [default: human].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Denylist files (comma-separated absolute paths, text or Spamhaus DROP JSON) loaded at
+    /// start, on SIGHUP and when they change on disk; entries added with `deny add` are kept
+    /// [default: none].
+    #[arg(long, value_name = "FILES")]
+    pub deny_files: Option<String>,
     /// Postfix socketmap service (BATV sign and strip maps): HOST:PORT or unix:/path, or "off"
     /// [default: off].
     #[arg(long, value_name = "LISTEN")]
@@ -443,23 +465,23 @@ pub struct RunArgs {
     /// credentials file's, else off].
     #[arg(long, value_name = "URL")]
     pub crowdsec_url: Option<String>,
-    /// File holding this host's CrowdSec bouncer API key (root's alone): enforce the Local
+    /// File holding this host's CrowdSec bouncer API key (mode 600, the controller's user's): enforce the Local
     /// API's ban decisions [default: off].
     #[arg(long, value_name = "FILE")]
     pub crowdsec_bouncer_key_file: Option<String>,
     /// How often CrowdSec decisions are pulled [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub crowdsec_poll: Option<String>,
-    /// Credentials file of `cscli machines add NAME --password P -f FILE` (root's alone):
+    /// Credentials file of `cscli machines add NAME --password P -f FILE` (mode 600, the controller's user's):
     /// report local bans to the Local API [default: off].
     #[arg(long, value_name = "FILE")]
     pub crowdsec_machine_credentials: Option<String>,
-    /// Enforce only decisions of these origins, comma-separated, e.g. cscli,crowdsec,smtp-xdp
-    /// [default: every origin].
+    /// Enforce only decisions of these origins, comma-separated, e.g. cscli,crowdsec,smtp-xdp;
+    /// none: every origin [default: none].
     #[arg(long, value_name = "ORIGINS")]
     pub crowdsec_origins: Option<String>,
     /// Enforce only decisions whose scenario contains one of these, comma-separated; !TEXT
-    /// excludes [default: every scenario].
+    /// excludes; none: every scenario [default: none].
     #[arg(long, value_name = "SCENARIOS")]
     pub crowdsec_scenarios: Option<String>,
     /// Local ban reasons reported to the Local API: some of rate, bounces, manual, or "off"
@@ -510,6 +532,7 @@ impl RunArgs {
             ("state-dir", &self.state_dir),
             ("save-interval", &self.save_interval),
             ("log-format", &self.log_format),
+            ("deny-files", &self.deny_files),
             ("socketmap-listen", &self.socketmap_listen),
             ("batv-domains", &self.batv_domains),
             ("batv-key-file", &self.batv_key_file),
@@ -589,6 +612,21 @@ mod tests {
             }
         }
         walk(&Cli::command(), "smtp-xdp");
+    }
+
+    #[test]
+    fn set_help_names_every_live_key() {
+        let cli = Cli::command();
+        let set = cli.find_subcommand("set").expect("set");
+        let pairs = set
+            .get_arguments()
+            .find(|a| a.get_id() == "pairs")
+            .and_then(|a| a.get_help())
+            .expect("pairs help")
+            .to_string();
+        for key in smtp_xdp::config::LIVE_KEYS {
+            assert!(pairs.contains(key), "set --help does not name {key}");
+        }
     }
 
     #[test]

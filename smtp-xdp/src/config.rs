@@ -206,6 +206,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub save_interval: Duration,
     pub log_format: LogFormat,
+    /// Denylist files the controller loads at start, on SIGHUP and when they change on disk.
+    pub deny_files: Vec<PathBuf>,
     /// Postfix socketmap service (the BATV sign and strip maps).
     pub socketmap_listen: Option<Listen>,
     /// Lowercase domains signed and judged by BATV; empty = BATV off.
@@ -334,6 +336,7 @@ impl Default for Settings {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             save_interval: Duration::secs(60),
             log_format: LogFormat::Human,
+            deny_files: Vec::new(),
             socketmap_listen: None,
             batv_domains: Vec::new(),
             batv_key_file: PathBuf::from("batv.keys"),
@@ -770,6 +773,7 @@ impl Settings {
             "state-dir" => self.state_dir = parse_state_dir(value)?,
             "save-interval" => self.save_interval = value.parse()?,
             "log-format" => self.log_format = value.parse()?,
+            "deny-files" => self.deny_files = parse_files(value)?,
             "socketmap-listen" => self.socketmap_listen = parse_optional_listen(value)?,
             "batv-domains" => {
                 self.batv_domains = if is_off(value) {
@@ -951,6 +955,12 @@ impl Settings {
                 LogFormat::Json => "json",
             }
             .into()),
+            "deny-files" => V::Array(
+                self.deny_files
+                    .iter()
+                    .map(|p| s(p.display().to_string()))
+                    .collect(),
+            ),
             "socketmap-listen" => opt_listen(&self.socketmap_listen),
             "batv-domains" => V::Array(self.batv_domains.iter().cloned().map(s).collect()),
             "batv-key-file" => s(self.batv_key_file.display().to_string()),
@@ -1000,7 +1010,10 @@ impl Settings {
             Some(toml::Value::String(s)) => s,
             Some(toml::Value::Array(a)) => a
                 .iter()
-                .map(|v| v.to_string())
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             Some(v) => v.to_string(),
@@ -1076,6 +1089,7 @@ pub const ALL_KEYS: &[&str] = &[
     "state-dir",
     "save-interval",
     "log-format",
+    "deny-files",
     "socketmap-listen",
     "batv-domains",
     "batv-key-file",
@@ -1117,6 +1131,30 @@ pub const LIVE_KEYS: &[&str] = &[
     "global-rate",
     "global-burst",
 ];
+
+/// A list of files: comma-separated (a TOML list arrives joined with commas), each an absolute
+/// path (the controller's working directory is not the operator's); empty or "off" for none.
+fn parse_files(value: &str) -> Result<Vec<PathBuf>, ValueError> {
+    if is_off(value) {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            if f.starts_with('/') {
+                Ok(PathBuf::from(f))
+            } else {
+                Err(ValueError::Other {
+                    what: "file",
+                    value: f.into(),
+                    hint: "use absolute paths, e.g. [\"/var/lib/spamhaus/drop_v4.json\", \"/var/lib/spamhaus/drop_v6.json\"]",
+                })
+            }
+        })
+        .collect()
+}
 
 /// A DNS list score (a whole number, negative allowed).
 fn parse_score(what: &'static str, value: &str) -> Result<i32, ValueError> {
@@ -1260,6 +1298,15 @@ mod tests {
         s.apply_key("state-dir", " /tmp/x ").unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.policy_listen, Some(Listen::Unix("/run/x.sock".into())));
+        s.apply_key("deny-files", "/a/drop_v4.json, /a/drop_v6.json")
+            .unwrap();
+        assert_eq!(
+            s.deny_files,
+            [PathBuf::from("/a/drop_v4.json"), "/a/drop_v6.json".into()]
+        );
+        assert!(s.apply_key("deny-files", "drop.txt").is_err());
+        s.apply_key("deny-files", "off").unwrap();
+        assert!(s.deny_files.is_empty());
     }
 
     #[test]

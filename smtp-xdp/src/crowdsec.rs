@@ -986,7 +986,8 @@ impl AlertQueue {
 // --- secret files ------------------------------------------------------------------------------
 
 /// Reads a secret (a bouncer key, machine credentials): refused unless it is a regular file
-/// owned by this user (root) that neither group nor others can read or write.
+/// owned by the user the controller runs as (root, or `smtp-xdp` under the packaged unit) that
+/// neither group nor others can read or write.
 pub fn read_secret(path: &Path, what: &'static str) -> Result<String, CrowdsecError> {
     use std::{io::Read as _, os::unix::fs::MetadataExt as _};
     let err = |reason: String| CrowdsecError::Secret {
@@ -1003,7 +1004,7 @@ pub fn read_secret(path: &Path, what: &'static str) -> Result<String, CrowdsecEr
     let me = unsafe { libc::geteuid() };
     if m.uid() != me {
         return Err(err(format!(
-            "is owned by uid {}, not by uid {me} (root): chown root {}",
+            "is owned by uid {}, not by uid {me} (the user smtp-xdp runs as): chown {me} {}",
             m.uid(),
             path.display()
         )));

@@ -2,9 +2,10 @@
 
 use anyhow::bail;
 
-/// The interface of the IPv4 (else IPv6) default route.
+/// The interface of the IPv4 (else IPv6) default route. Read through `/proc/self/net`: the
+/// unit's `ProcSubset=pid` hides the `/proc/net` link.
 pub fn default_route_iface() -> anyhow::Result<String> {
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/route") {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
@@ -12,7 +13,7 @@ pub fn default_route_iface() -> anyhow::Result<String> {
             }
         }
     }
-    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/ipv6_route") {
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() == 10

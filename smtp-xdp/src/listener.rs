@@ -11,6 +11,12 @@ pub enum Bound {
 
 /// Binds `listen` (so a taken address fails the start, not a background task).
 pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
+    if let Listen::Tcp(addr) = listen {
+        if !addr.ip().is_loopback() {
+            // Postfix's protocols carry no authentication: whoever connects is believed.
+            tracing::warn!(listen = %addr, "listening beyond loopback: anyone who can connect can report bounces (and so have addresses banned) or ask for BATV tags; keep it on loopback or a unix socket, or firewall the port to Postfix's hosts");
+        }
+    }
     match listen {
         Listen::Tcp(addr) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(addr).await?)),
         Listen::Unix(path) => {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod generate;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,10 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
+    // The package build's `smtp-xdp generate man|completions DIR`, outside the public CLI.
+    if std::env::args().nth(1).as_deref() == Some("generate") {
+        return exit(generate::main(std::env::args().skip(1)));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_daemon(args),
@@ -45,6 +50,10 @@ fn main() -> ExitCode {
             commands::dispatch(other)
         }
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<i32>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

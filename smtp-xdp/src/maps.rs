@@ -870,6 +870,63 @@ impl Maps {
     }
 }
 
+/// The layout number in the pinned `META[0]` of `dir`, whatever size META has there: a build
+/// with another layout may have another `Meta`, which the typed [`open_meta`] cannot open, and
+/// such pins must be named as another layout, never mistaken for an unfinished start and
+/// cleared. The layout is `Meta`'s first field in every layout.
+pub fn pinned_layout(dir: &Path) -> Result<u32> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let path = dir.join(names::META);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Pin {
+        path: path.display().to_string(),
+        error: source,
+    })?;
+    let size = data.info().map_err(map_err(names::META))?.value_size() as usize;
+    if !(4..=1 << 16).contains(&size) {
+        return Ok(0);
+    }
+    let key = 0u32;
+    let mut value = vec![0u8; size];
+    // The kernel's union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd (u32), padding, key and
+    // value pointers (u64 each), flags (u64).
+    #[repr(C)]
+    struct LookupAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = LookupAttr {
+        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    // SAFETY: BPF_MAP_LOOKUP_ELEM with a valid map descriptor, a 4-byte key and a buffer of the
+    // map's value size, both alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const LookupAttr,
+            std::mem::size_of::<LookupAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(MapsError::Pin {
+            path: path.display().to_string(),
+            error: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_elem",
+                io_error: std::io::Error::last_os_error(),
+            }),
+        });
+    }
+    Ok(u32::from_ne_bytes([value[0], value[1], value[2], value[3]]))
+}
+
 /// Reads `META[0]` from a pin directory without opening anything else.
 pub fn open_meta(dir: &Path) -> Result<Meta> {
     let mut d = dir;

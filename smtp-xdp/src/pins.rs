@@ -36,6 +36,8 @@ pub enum PinError {
     Locked { iface: String, pid: String },
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: io::Error },
+    #[error("cannot create the pin directory {dir}: this controller runs as uid {uid}, which may not write there; create {PIN_ROOT} for that user first (`install -d -m 0700 -o USER {PIN_ROOT}`, as the systemd unit's ExecStartPre does) or run as root")]
+    NotWritable { dir: String, uid: u32 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
@@ -70,7 +72,24 @@ pub fn ensure_bpffs() -> Result<(), PinError> {
     if rc != 0 {
         return Err(PinError::NoBpffs(io::Error::last_os_error()));
     }
+    if in_private_mount_namespace() {
+        // `ip netns exec` gives the process its own /sys: pins made there vanish with it.
+        tracing::warn!("mounted a bpffs at /sys/fs/bpf in a private mount namespace (ip netns exec does that): its pins vanish when this process exits, so the program is detached then and a restart cannot adopt it; run smtp-xdp in the host's mount namespace (nsenter --net=/run/netns/NAME)");
+    } else {
+        tracing::info!("mounted a bpffs at /sys/fs/bpf (none was mounted)");
+    }
     Ok(())
+}
+
+/// True when this process's mount namespace is not init's.
+fn in_private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(mine), Ok(init)) => mine != init,
+        _ => false,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -141,13 +160,13 @@ pub fn inspect(dir: &Path) -> PinState {
     if !dir.exists() {
         return PinState::Absent;
     }
-    let Ok(meta) = crate::maps::open_meta(dir) else {
-        return PinState::Incomplete;
-    };
-    match meta.layout {
-        0 => PinState::Incomplete,
-        LAYOUT_VERSION => PinState::Ready(Box::new(meta)),
-        other => PinState::OtherLayout(other),
+    match crate::maps::pinned_layout(dir) {
+        Err(_) | Ok(0) => PinState::Incomplete,
+        Ok(LAYOUT_VERSION) => match crate::maps::open_meta(dir) {
+            Ok(meta) => PinState::Ready(Box::new(meta)),
+            Err(_) => PinState::Incomplete,
+        },
+        Ok(other) => PinState::OtherLayout(other),
     }
 }
 
@@ -181,11 +200,32 @@ pub fn remove(dir: &Path) -> Result<(), PinError> {
     }
 }
 
-/// Creates the pin directory, readable by root only.
+/// Creates the pin directory, open to its owner only: root, or the unprivileged user the
+/// packaged unit runs the controller as (its `ExecStartPre` creates the pin root for that user,
+/// since only root may write into bpffs's root). Root's CLI commands reach the pins either way.
 pub fn create_dir(dir: &Path) -> Result<(), PinError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fs::create_dir_all(dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            PinError::NotWritable {
+                dir: dir.display().to_string(),
+                // SAFETY: geteuid has no preconditions.
+                uid: unsafe { libc::geteuid() },
+            }
+        } else {
+            io_err(dir)(e)
+        }
+    })?;
     for d in [Path::new(PIN_ROOT), dir] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
+        let mine = fs::metadata(d)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                // SAFETY: geteuid has no preconditions.
+                m.uid() == unsafe { libc::geteuid() }
+            })
+            .map_err(io_err(d))?;
+        if mine {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
+        }
     }
     Ok(())
 }
@@ -208,6 +248,8 @@ pub fn lock(iface: &str, what: &str) -> Result<Lock, PinError> {
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
+    // A lock file root creates stays openable by an unprivileged controller.
+    crate::ownership::give_to_dir_owner(&file, run).map_err(io_err(&path))?;
     // SAFETY: a valid open file descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

@@ -62,9 +62,17 @@ pub struct StateFile {
     /// force across reloads and restarts until `set --reset`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, Override>,
+    /// Denylist entries added by hand with `smtp-xdp deny add`, which a reload of the
+    /// `deny-files` keeps (it replaces the rest of the list). Always a subset of `deny`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_added: Vec<String>,
     /// Unix time BATV was first switched on (the start of its grace period); kept for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batv_since: Option<u64>,
+    /// The config file the controller runs with (none: it runs without one), so `set --save`
+    /// writes that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// One live `set` change.
@@ -179,7 +187,9 @@ impl StateFile {
             allow: names(List::Allow)?,
             deny: names(List::Deny)?,
             overrides: BTreeMap::new(),
+            deny_added: Vec::new(),
             batv_since: None,
+            config: None,
         })
     }
 
@@ -233,7 +243,7 @@ impl StateFile {
         })
     }
 
-    /// Writes the file atomically, readable by root only.
+    /// Writes the file atomically, readable by its directory's owner only.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             path: path.to_path_buf(),
@@ -262,6 +272,8 @@ impl StateFile {
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
+        // Root saving for the unprivileged controller: the file stays the controller's.
+        crate::ownership::give_to_dir_owner(&f, dir).map_err(io)?;
         f.write_all(&body).map_err(io)?;
         f.write_all(b"\n").map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -338,10 +350,33 @@ pub fn save_from_pins(
     let mut file = StateFile::capture(maps, iface)?;
     if let Some(p) = previous {
         file.overrides = p.overrides;
+        file.deny_added = p.deny_added;
         file.batv_since = p.batv_since;
+        file.config = p.config;
     }
     edit(&mut file);
+    // Hand-added entries no longer listed (removed, or replaced by a `deny load`) are forgotten.
+    let listed: std::collections::BTreeSet<&String> = file.deny.iter().collect();
+    file.deny_added.retain(|n| listed.contains(n));
+    file.deny_added.sort();
+    file.deny_added.dedup();
     file.save(path)
+}
+
+/// The denylist entries added by hand recorded in a state file (none when there is no file).
+pub fn deny_added(path: &Path) -> Result<Vec<IpNet>, StateError> {
+    let Some(f) = StateFile::load(path)? else {
+        return Ok(Vec::new());
+    };
+    f.deny_added
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|_| StateError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!("deny_added entry {s:?} is not a CIDR"),
+            })
+        })
+        .collect()
 }
 
 /// The live overrides recorded in a state file (none when there is no file).
@@ -423,7 +458,9 @@ mod tests {
             allow: vec!["192.0.2.0/24".into()],
             deny: vec!["2001:db8::/32".into()],
             overrides: BTreeMap::new(),
+            deny_added: vec!["2001:db8::/32".into()],
             batv_since: Some(1_794_000_000),
+            config: Some("/etc/smtp-xdp/smtp-xdp.toml".into()),
         }
     }
 

@@ -37,6 +37,8 @@ pub enum ValueError {
     },
     #[error("invalid address or network {0:?}: use an IP address or CIDR, e.g. 192.0.2.7, 198.51.100.0/24, 2001:db8::/32")]
     Net(String),
+    #[error("invalid address or network {0:?}: IPv4 numbers are written without leading zeros (some tools read 010 as octal, 8)")]
+    LeadingZero(String),
     #[error("invalid {what} {value:?}: {hint}")]
     Other {
         what: &'static str,
@@ -296,8 +298,21 @@ pub fn parse_prefix(family: &'static str, s: &str, max: u32) -> Result<u32, Valu
 /// `ipnet`'s own accepts leading zeros (`010.0.0.0/8`), which other tools read as octal
 /// (8.0.0.0/8), so such an entry is refused rather than guessed.
 pub fn parse_net(s: &str) -> Result<IpNet, ValueError> {
-    let bad = || ValueError::Net(s.to_string());
     let t = s.trim();
+    let bad = || {
+        let addr = t.split('/').next().unwrap_or_default();
+        let octets: Vec<&str> = addr.split('.').collect();
+        let zero_padded = octets.len() == 4
+            && octets
+                .iter()
+                .all(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+            && octets.iter().any(|o| o.len() > 1 && o.starts_with('0'));
+        if zero_padded {
+            ValueError::LeadingZero(s.to_string())
+        } else {
+            ValueError::Net(s.to_string())
+        }
+    };
     let net = match t.split_once('/') {
         None => IpNet::from(t.parse::<IpAddr>().map_err(|_| bad())?),
         Some((addr, len)) => {
@@ -468,6 +483,11 @@ mod tests {
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+        assert!(matches!(
+            parse_net("010.0.0.0/8"),
+            Err(ValueError::LeadingZero(_))
+        ));
+        assert!(matches!(parse_net("300.1.1.1"), Err(ValueError::Net(_))));
         // IPv4-mapped IPv6 is IPv4 everywhere.
         assert_eq!(
             parse_net("::ffff:198.19.7.2").unwrap().to_string(),

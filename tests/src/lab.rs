@@ -291,6 +291,17 @@ impl Lab {
     }
 }
 
+/// `s` quoted for `sh`.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// What a bounded SYN flood reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flood {
@@ -345,6 +356,76 @@ impl Lab {
         panic!("controller did not attach in 20s:\n{}", self.log(&log));
     }
 
+    /// Starts `smtp-xdp run` on the server veth in a mount namespace of its own: a private
+    /// bpffs on /sys/fs/bpf and a tmpfs on /run/smtp-xdp, so its pins and locks never meet
+    /// other tests' and vanish with it. `setup` (shell, as root) runs in there first, e.g. a
+    /// unit's ExecStartPre; then the network namespace is entered and `wrapper` (e.g. setpriv)
+    /// runs `bin`. Returns the controller's pid (every step execs), for
+    /// [`Lab::in_mounts_of`].
+    pub fn start_controller_private(
+        &mut self,
+        setup: &str,
+        wrapper: &[&str],
+        bin: &Path,
+        args: &[&str],
+    ) -> u32 {
+        let mut cmd = vec![
+            "nsenter".to_string(),
+            format!("--net=/run/netns/{}", self.server_ns),
+            "--".into(),
+        ];
+        cmd.extend(wrapper.iter().map(|s| s.to_string()));
+        cmd.extend([
+            bin.display().to_string(),
+            "run".into(),
+            "--iface".into(),
+            self.server_if.clone(),
+        ]);
+        if !args.contains(&"--metrics-listen") {
+            cmd.extend(["--metrics-listen".into(), "off".into()]);
+        }
+        if !args.contains(&"--config") {
+            cmd.extend(["--config".into(), self.no_config()]);
+        }
+        cmd.extend(args.iter().map(|s| s.to_string()));
+        let quoted: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
+        let script = format!(
+            "set -e\nmount -t bpf bpf /sys/fs/bpf\nmkdir -p /run/smtp-xdp\nmount -t tmpfs -o mode=0700 tmpfs /run/smtp-xdp\n{setup}\nexec {}\n",
+            quoted.join(" ")
+        );
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        let n = self.children.len();
+        let log = format!("controller-{n}.log");
+        let pid = self.spawn(c, &log);
+        let link = PathBuf::from(format!(
+            "/proc/{pid}/root{}/{}/link",
+            smtp_xdp::pins::PIN_ROOT,
+            self.server_if
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log(&log).contains("smtp-xdp attached") && link.exists() {
+                return pid;
+            }
+            if let Some(code) = self.wait_exit(pid, Duration::from_millis(100)) {
+                panic!("controller exited with {code}:\n{}", self.log(&log));
+            }
+        }
+        panic!("controller did not attach in 20s:\n{}", self.log(&log));
+    }
+
+    /// A command run in the mount namespace of process `pid` (its private bpffs) and the
+    /// server's network namespace.
+    pub fn in_mounts_of(&self, pid: u32, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
+            .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .arg("--")
+            .args(args);
+        c
+    }
+
     /// An empty config file of the lab's: controllers the tests start never read the machine's
     /// own /etc/smtp-xdp/smtp-xdp.toml (a package test may install one at any time).
     pub fn no_config(&self) -> String {
@@ -377,6 +458,7 @@ impl Lab {
     /// fail; returns its error output.
     pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
         let bin = crate::smtp_xdp_bin();
+        let state = self.dir.join("state");
         let mut all = wrapper.to_vec();
         all.extend([
             bin.to_str().unwrap(),
@@ -386,6 +468,10 @@ impl Lab {
             "--metrics-listen",
             "off",
         ]);
+        // The lab's state directory unless told otherwise: the default one is the package's.
+        if !args.contains(&"--state-dir") {
+            all.extend(["--state-dir", state.to_str().unwrap()]);
+        }
         let no_config = self.no_config();
         if !args.contains(&"--config") {
             all.extend(["--config", &no_config]);

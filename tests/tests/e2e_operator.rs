@@ -249,6 +249,14 @@ fn a_reload_never_silently_undoes_set() {
         "{text}"
     );
     assert!(status(&lab)["live_overrides"]["burst"].is_null());
+    // Without --config, --save writes the file the controller runs with, not the default one.
+    let out = ok(&lab, &["set", "burst=8", "--save"]);
+    assert!(
+        out.contains(&format!("saved to {}", cfg.display())),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("burst = 8"), "{text}");
     // Keys that cannot change live say what they need.
     let e = fails(&lab, &["set", "max-sources=2048"]);
     assert!(
@@ -456,6 +464,23 @@ fn footguns_need_force_and_mapped_addresses_are_ipv4() {
     );
     let err = fails(&lab, &["ban", "::/0", "--for", "1m"]);
     assert!(err.contains("::/0 is a very wide network"), "{err}");
+    // The lists too: an allowlisted /0 would switch protection off.
+    let err = fails(&lab, &["allow", "add", "0.0.0.0/0"]);
+    assert!(
+        err.contains("0.0.0.0/0 is a very wide network") && err.contains("--force"),
+        "{err}"
+    );
+    let err = fails(&lab, &["deny", "add", "2001:db8::/16"]);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(ok(&lab, &["allow", "list", "--json"]).trim(), "[]");
+    let o = lab.cli(&["allow", "add", "198.18.200.0/16", "--iface", &lab.server_if]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("host bits set: it stands for 198.18.0.0/16"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok(&lab, &["allow", "del", "198.18.0.0/16"]);
     let server_net = format!("198.18.{}.0/24", lab.net);
     let err = fails(&lab, &["ban", &server_net, "--for", "1m"]);
     assert!(

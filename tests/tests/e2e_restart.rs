@@ -221,6 +221,64 @@ fn a_foreign_map_layout_is_refused_and_fresh_starts_clean() {
     lab.stop_controller(pid);
 }
 
+/// Pins a one-entry BPF array at `path` whose value is `value` (raw syscalls: no program
+/// defines a map of that shape).
+fn pin_array(path: &std::path::Path, value: &[u8]) {
+    // BPF_MAP_CREATE: map_type, key_size, value_size, max_entries (the rest zero).
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = value.len() as u32;
+    attr[3] = 1;
+    // SAFETY: BPF_MAP_CREATE with a zero-padded attr.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), 128) } as i32;
+    assert!(fd >= 0, "map create: {}", std::io::Error::last_os_error());
+    let key = 0u32;
+    // BPF_MAP_UPDATE_ELEM: map_fd, pad, key, value, flags.
+    let upd: [u64; 4] = [
+        fd as u64,
+        &key as *const u32 as u64,
+        value.as_ptr() as u64,
+        0,
+    ];
+    // SAFETY: key and value outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 2, upd.as_ptr(), 32) };
+    assert_eq!(rc, 0, "map update: {}", std::io::Error::last_os_error());
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // BPF_OBJ_PIN: pathname, bpf_fd, file_flags.
+    let pin: [u64; 2] = [c.as_ptr() as u64, fd as u64];
+    // SAFETY: the path outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), 16) };
+    assert_eq!(rc, 0, "pin: {}", std::io::Error::last_os_error());
+    // SAFETY: our descriptor; the pin keeps the map.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn pins_whose_meta_has_another_size_are_named_as_their_layout() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let pid = lab.start_controller(&[]);
+    signal(pid, libc::SIGKILL);
+    lab.wait_exit(pid, Duration::from_secs(5));
+    // Layout 2's META: 288 bytes, the layout number first.
+    let meta = smtp_xdp::pins::dir(&lab.server_if).join(smtp_xdp_common::names::META);
+    std::fs::remove_file(&meta).unwrap();
+    let mut value = vec![0u8; 288];
+    value[..4].copy_from_slice(&2u32.to_ne_bytes());
+    pin_array(&meta, &value);
+    let err = lab.run_controller_failing(&[], &[]);
+    assert!(
+        err.contains(&format!(
+            "has map layout 2, this build uses {}",
+            smtp_xdp_common::LAYOUT_VERSION
+        )),
+        "not mistaken for an unfinished start and cleared: {err}"
+    );
+    let pid = lab.start_controller(&["--fresh"]);
+    lab.stop_controller(pid);
+}
+
 #[test]
 fn a_removed_interface_is_noticed() {
     require_bpf!();
@@ -254,5 +312,36 @@ fn the_controller_sweeps_expired_bans() {
         bans(&lab).as_array().unwrap().is_empty()
     });
     assert_eq!(stat(&iface, "bans_expired"), 1);
+    lab.stop_controller(pid);
+}
+
+#[test]
+fn a_damaged_state_file_is_moved_aside_and_protection_starts() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let iface = lab.server_if.clone();
+    let dir = lab.path("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join(format!("{iface}.state.json"));
+    // Cut short mid-write by something else (the controller itself writes atomically).
+    std::fs::write(&state, "{\"format\": 2, \"bans\": [").unwrap();
+    let pid = lab.start_controller(&[]);
+    let aside: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside once: {aside:?}");
+    assert!(
+        lab.controller_log()
+            .contains("damaged file was moved aside"),
+        "{}",
+        lab.controller_log()
+    );
+    // A fresh state file follows within a few seconds.
+    wait_for(Duration::from_secs(10), "a new state file", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"iface\""))
+    });
     lab.stop_controller(pid);
 }

@@ -44,12 +44,20 @@ const TEST_PACKAGES: &[&str] = &[
     "libcap2-bin",
     // The CrowdSec Local API the CrowdSec tests start (`crowdsec -no-cs`) and `cscli`.
     "crowdsec",
+    // The package test: lintian checks the .deb, man finds its pages.
+    "lintian",
+    "man-db",
 ];
 
 /// Packages `run` needs at run time (nsenter, ip) on a minimal system.
 const RUN_PACKAGES: &[&str] = &["iproute2", "bpftool"];
 
+/// Packages `package` needs: cargo-deb's `$auto` dependencies come from dpkg-shlibdeps.
+const PACKAGE_PACKAGES: &[&str] = &["dpkg-dev"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The packager (kornelski/cargo-deb), pinned like bpf-linker; 3.8 builds with rustc 1.85+.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// cargo-fuzz, for the fuzz targets in fuzz/ (0.13.2 builds with stable 1.95).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -76,6 +84,9 @@ usage: cargo xtask <command>
   fuzz [--seconds N] [TARGET...]
                     run the fuzz targets in fuzz/ (all, or those named), N seconds each
                     (default 60), after replaying their seeds and regression inputs
+  package           the Debian package: release build (XDP object embedded), man pages,
+                    completions; writes target/debian/smtp-xdp_VERSION_ARCH.deb and runs
+                    lintian on it when lintian is installed
   setup             only install what the other commands need
 
 Needs root (it loads BPF programs and creates network namespaces):
@@ -89,6 +100,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("soak") => soak(&args[1..]),
         Some("fuzz") => fuzz_cmd(&args[1..]),
+        Some("package") => package().map(|_| ()),
         Some("setup") => setup(true).map(|_| ()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -446,6 +458,112 @@ fn run(args: &[String]) -> Result<()> {
     Err(anyhow::Error::from(err).context(format!("cannot run {}", bin.display())))
 }
 
+/// cargo-deb at the pinned version, installed once (a few seconds when it is there).
+fn ensure_cargo_deb() -> Result<()> {
+    let have = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if have.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    say(format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} (about two minutes, once)..."
+    ));
+    status(Command::new("cargo").args([
+        "install",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("installing cargo-deb")
+}
+
+/// The version the Debian changelog's first entry names, e.g. `0.1.0-1`.
+fn changelog_version() -> Result<String> {
+    let path = root().join("deploy/debian/changelog");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .split_once('(')
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(v, _)| v.to_string())
+        .with_context(|| format!("{}: no version in {first:?}", path.display()))
+}
+
+/// The workspace version (`[workspace.package]` in Cargo.toml).
+fn crate_version() -> Result<String> {
+    let text = fs::read_to_string(root().join("Cargo.toml"))?;
+    text.lines()
+        .skip_while(|l| l.trim() != "[workspace.package]")
+        .find_map(|l| l.trim().strip_prefix("version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .context("no version in [workspace.package]")
+}
+
+/// Builds the .deb (after the release build it needs) and returns its path.
+fn build_package() -> Result<PathBuf> {
+    ensure_cargo_deb()?;
+    ensure_debs(PACKAGE_PACKAGES)?;
+    let version = format!("{}-1", crate_version()?);
+    let logged = changelog_version()?;
+    if logged != version {
+        bail!(
+            "deploy/debian/changelog's first entry is {logged}, the package would be {version}: add an entry for {version} (the package's changelog must name its version)"
+        );
+    }
+    say("building smtp-xdp (release)...");
+    status(cargo().args(["build", "--release", "-p", "smtp-xdp"]))?;
+    // Generated from the binary just built, so pages and completions match its CLI exactly.
+    let generated = root().join("target/release/generated");
+    let _ = fs::remove_dir_all(&generated);
+    let bin = root().join("target/release/smtp-xdp");
+    for (what, dir) in [("man", "man"), ("completions", "completions")] {
+        status(
+            Command::new(&bin)
+                .args(["generate", what])
+                .arg(generated.join(dir))
+                .stdout(Stdio::null()),
+        )?;
+    }
+    // Debian policy: manual pages gzipped (-n: no name or time inside, reproducible).
+    for section in ["man5", "man8"] {
+        let dir = generated.join("man").join(section);
+        let pages: Vec<PathBuf> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        status(Command::new("gzip").args(["-9", "-n", "-f"]).args(&pages))?;
+    }
+    let out_dir = root().join("target/debian");
+    fs::create_dir_all(&out_dir)?;
+    say("packaging with cargo-deb...");
+    let deb = output(
+        cargo()
+            .args(["deb", "-p", "smtp-xdp", "--no-build", "--output"])
+            .arg(&out_dir),
+    )
+    .context("cargo deb")?;
+    let deb = PathBuf::from(
+        deb.lines()
+            .rev()
+            .find(|l| l.trim_end().ends_with(".deb"))
+            .context("cargo deb printed no .deb path")?
+            .trim(),
+    );
+    say(format!("package: {}", deb.display()));
+    Ok(deb)
+}
+
+/// `cargo xtask package`: the .deb, checked by lintian when it is installed.
+fn package() -> Result<PathBuf> {
+    setup(false)?;
+    let deb = build_package()?;
+    if output(Command::new("lintian").arg("--version")).is_ok() {
+        say("lintian:");
+        status(Command::new("lintian").arg("--display-info").arg(&deb))
+            .context("lintian found errors in the package")?;
+    }
+    Ok(deb)
+}
+
 fn test() -> Result<()> {
     require_root("test")?;
     let start = Instant::now();
@@ -489,8 +607,8 @@ fn test() -> Result<()> {
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
-    step("building smtp-xdp (the end-to-end tests run the binary)");
-    status(cargo().args(["build", "--release", "-p", "smtp-xdp"]))?;
+    step("building smtp-xdp and its Debian package (the end-to-end tests run the binary, the package test installs the package)");
+    build_package()?;
     step("cargo test (unit, kernel, CLI and end-to-end tests)");
     status(
         cargo()

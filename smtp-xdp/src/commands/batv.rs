@@ -13,7 +13,7 @@ pub fn run(op: BatvOp) -> anyhow::Result<i32> {
     match op {
         BatvOp::Sign { address, keys } => sign(&keys, &address),
         BatvOp::Check { address, keys } => check(&keys, &address),
-        BatvOp::Rotate { keys } => rotate(&keys),
+        BatvOp::Rotate { keys, force } => rotate(&keys, force),
     }
 }
 
@@ -127,7 +127,7 @@ fn check(k: &BatvKeys, address: &str) -> anyhow::Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
-fn rotate(k: &BatvKeys) -> anyhow::Result<i32> {
+fn rotate(k: &BatvKeys, force: bool) -> anyhow::Result<i32> {
     let s = settings(k)?;
     let path = s.batv_key_path();
     let now = unix_now();
@@ -140,7 +140,7 @@ fn rotate(k: &BatvKeys) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
-    let rotated = keys.rotated(now)?;
+    let rotated = keys.rotated(now, force)?;
     rotated
         .save(&path)
         .with_context(|| format!("writing {}", path.display()))?;

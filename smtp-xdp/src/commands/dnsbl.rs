@@ -113,7 +113,8 @@ pub fn run(op: DnsblOp) -> anyhow::Result<i32> {
             "score": scored.score,
             "verdict": verdict.name(),
             "meaning": meaning,
-            "cached_secs": ttl.as_secs(),
+            // An unknown answer is not cached: the controller asks again.
+            "cached_secs": if verdict == Verdict::Unknown { 0 } else { ttl.as_secs() },
         }))?;
     } else {
         println!("{addr}:");

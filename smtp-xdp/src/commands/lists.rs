@@ -1,9 +1,9 @@
 //! `allow` and `deny`: add, remove, list, and replace a list from files.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::path::PathBuf;
 
 use ipnet::IpNet;
-use smtp_xdp::{lists, maps::List, units};
+use smtp_xdp::{host, lists, maps::List, units};
 
 use super::{print_json, refuse_without, Instance};
 use crate::cli::Target;
@@ -22,12 +22,29 @@ pub fn show(list: List, target: &Target, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::Result<i32> {
+pub fn edit(
+    list: List,
+    target: &Target,
+    nets: &[String],
+    add: bool,
+    force: bool,
+) -> anyhow::Result<i32> {
     // Every argument is checked before the first change.
     let parsed = nets
         .iter()
         .map(|n| units::parse_net(n))
         .collect::<Result<Vec<_>, _>>()?;
+    for (raw, net) in nets.iter().zip(&parsed) {
+        // `198.18.0.0/8` is listed as 198.0.0.0/8: say so, it may not be what was meant.
+        if let Ok(written) = raw.trim().parse::<IpNet>() {
+            if written.addr() != written.network() {
+                eprintln!("note: {raw} has host bits set: it stands for {net}");
+            }
+        }
+    }
+    if add && !force {
+        refuse_footguns(list, &parsed)?;
+    }
     let mut inst = Instance::open(target)?;
     let _lock = inst.lock()?;
     let mut lines = Vec::new();
@@ -52,7 +69,18 @@ pub fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::
             &action,
             &format!("{} list: {}", list.name(), changed.join(" ")),
             false,
-            |_| {},
+            |f| {
+                // Denylist entries added by hand survive reloads of the `deny-files`.
+                if list == List::Deny {
+                    let names = parsed.iter().map(|n| n.to_string());
+                    if add {
+                        f.deny_added.extend(names);
+                    } else {
+                        let gone: Vec<String> = names.collect();
+                        f.deny_added.retain(|n| !gone.contains(n));
+                    }
+                }
+            },
         )?;
     }
     for l in lines {
@@ -61,64 +89,54 @@ pub fn edit(list: List, target: &Target, nets: &[String], add: bool) -> anyhow::
     Ok(0)
 }
 
-/// What replacing one family's entries changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FamilyDiff {
-    pub added: usize,
-    pub removed: usize,
-    pub kept: usize,
-}
-
-impl FamilyDiff {
-    fn of(old: &BTreeSet<IpNet>, new: &BTreeSet<IpNet>) -> Self {
-        let kept = old.intersection(new).count();
-        FamilyDiff {
-            added: new.len() - kept,
-            removed: old.len() - kept,
-            kept,
+/// A wide network on either list, or this host's own address on the denylist, is most likely
+/// a typo: refused without `--force`.
+fn refuse_footguns(list: List, nets: &[IpNet]) -> anyhow::Result<()> {
+    for net in nets {
+        let widest = match net {
+            IpNet::V4(_) => 16,
+            IpNet::V6(_) => 32,
+        };
+        if net.prefix_len() < widest {
+            let what = match list {
+                List::Allow => {
+                    "allowlisting it exempts every address inside it from every limit and ban"
+                }
+                List::Deny => "denylisting it refuses mail from every address inside it",
+            };
+            refuse_without(
+                "--force",
+                format!("{net} is a very wide network (shorter than /{widest}): {what}"),
+            )?;
+        }
+        if list == List::Deny {
+            if let Some(own) = host::local_addresses()
+                .into_iter()
+                .map(units::canonical_addr)
+                .find(|a| net.contains(a) && !a.is_loopback())
+            {
+                refuse_without(
+                    "--force",
+                    format!("{net} holds {own}, an address of this host"),
+                )?;
+            }
         }
     }
-
-    /// A replacement that empties (or nearly empties) a non-empty family: almost always a wrong
-    /// or truncated file, so it needs `--force`.
-    pub fn empties(&self) -> bool {
-        let old = self.removed + self.kept;
-        let new = self.added + self.kept;
-        old > 0 && (new == 0 || (old >= 20 && new * 10 < old))
-    }
+    Ok(())
 }
 
-impl std::fmt::Display for FamilyDiff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "+{} -{} ={}", self.added, self.removed, self.kept)
-    }
-}
-
-fn split(nets: &[IpNet]) -> (BTreeSet<IpNet>, BTreeSet<IpNet>) {
-    nets.iter().partition(|n| matches!(n, IpNet::V4(_)))
-}
-
-pub fn load(list: List, target: &Target, files: &[PathBuf], force: bool) -> anyhow::Result<i32> {
+pub fn load(
+    list: List,
+    target: &Target,
+    files: &[PathBuf],
+    format: lists::Format,
+    force: bool,
+) -> anyhow::Result<i32> {
     // Every file is read and checked before anything changes.
-    let mut entries = Vec::new();
-    for f in files {
-        entries.extend(lists::read(f)?);
-    }
-    entries.sort();
-    entries.dedup();
-    let max = smtp_xdp_common::MAX_LIST_ENTRIES as usize;
-    if entries.len() > max {
-        anyhow::bail!(
-            "{} entries in {} files, more than the {max} a list holds; nothing was changed",
-            entries.len(),
-            files.len()
-        );
-    }
+    let entries = lists::read_all(files, format)?;
     let mut inst = Instance::open(target)?;
     let _lock = inst.lock()?;
-    let (old4, old6) = split(&inst.maps.list_entries(list)?);
-    let (new4, new6) = split(&entries);
-    let (d4, d6) = (FamilyDiff::of(&old4, &new4), FamilyDiff::of(&old6, &new6));
+    let (d4, d6) = lists::diff(&inst.maps.list_entries(list)?, &entries);
     if !force {
         for (family, d) in [("IPv4", d4), ("IPv6", d6)] {
             if d.empties() {
@@ -127,8 +145,8 @@ pub fn load(list: List, target: &Target, files: &[PathBuf], force: bool) -> anyh
                     format!(
                         "loading would cut the {} list's {family} entries from {} to {} (a load replaces the whole list, both families); nothing was changed",
                         list.name(),
-                        d.removed + d.kept,
-                        d.added + d.kept
+                        d.before(),
+                        d.after()
                     ),
                 )?;
             }
@@ -146,7 +164,12 @@ pub fn load(list: List, target: &Target, files: &[PathBuf], force: bool) -> anyh
         &format!("{} load", list.name()),
         &changed,
         d4.empties() || d6.empties(),
-        |_| {},
+        // A load replaces the whole list, hand-added entries included.
+        |f| {
+            if list == List::Deny {
+                f.deny_added.clear();
+            }
+        },
     )?;
     println!(
         "{} list of {} replaced from {} file{} in {:.2}s: IPv4 {d4}, IPv6 {d6} (+added -removed =kept)",
@@ -157,25 +180,4 @@ pub fn load(list: List, target: &Target, files: &[PathBuf], force: bool) -> anyh
         start.elapsed().as_secs_f64()
     );
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn near_empty_replacements_are_caught() {
-        let d = |added, removed, kept| FamilyDiff {
-            added,
-            removed,
-            kept,
-        };
-        assert!(d(0, 5, 0).empties(), "to zero");
-        assert!(d(1, 1000, 0).empties(), "to almost nothing");
-        assert!(!d(0, 0, 0).empties(), "empty stays empty");
-        assert!(!d(10, 0, 0).empties(), "a first load");
-        assert!(!d(0, 3, 5).empties(), "a small list shrinking");
-        assert!(!d(100, 100, 900).empties(), "a daily update");
-        assert_eq!(d(1, 2, 3).to_string(), "+1 -2 =3");
-    }
 }

@@ -42,7 +42,7 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
             all,
             reason,
             target,
-        } => bans::unban(&target, net.as_deref(), all, reason),
+        } => bans::unban(&target, net.as_deref(), all || reason.is_some(), reason),
         Command::Allow { op } => list_cmd(smtp_xdp::maps::List::Allow, op),
         Command::Deny { op } => list_cmd(smtp_xdp::maps::List::Deny, op),
         Command::Set {
@@ -71,14 +71,19 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<i32> {
 
 fn list_cmd(list: smtp_xdp::maps::List, op: ListOp) -> anyhow::Result<i32> {
     match op {
-        ListOp::Add { nets, target } => lists::edit(list, &target, &nets, true),
-        ListOp::Del { nets, target } => lists::edit(list, &target, &nets, false),
+        ListOp::Add {
+            nets,
+            target,
+            force,
+        } => lists::edit(list, &target, &nets, true, force),
+        ListOp::Del { nets, target } => lists::edit(list, &target, &nets, false, true),
         ListOp::List { target, json } => lists::show(list, &target, json.json),
         ListOp::Load {
             files,
+            format,
             force,
             target,
-        } => lists::load(list, &target, &files, force),
+        } => lists::load(list, &target, &files, format, force),
     }
 }
 

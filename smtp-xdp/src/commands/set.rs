@@ -62,10 +62,7 @@ pub fn set(target: &Target, req: &Request) -> anyhow::Result<i32> {
         s.apply_key(k, v).map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
     }
     s.validate()?;
-    let config = req
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = config_file(&inst, req);
     if req.save {
         // The file first: if it cannot be written, nothing changes.
         save_to_config(&config, &kv)?;
@@ -129,8 +126,33 @@ pub fn set(target: &Target, req: &Request) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The config file `--save` writes: `--config`, else the one the instance's controller runs
+/// with (its state file records it), else the default.
+fn config_file(inst: &Instance, req: &Request) -> PathBuf {
+    req.config
+        .clone()
+        .or_else(|| {
+            state::StateFile::load(&inst.state_path())
+                .ok()
+                .flatten()
+                .and_then(|f| f.config)
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
 /// Writes `pairs` into the config file, keeping its comments, order and other keys.
 fn save_to_config(path: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
+    // The file is replaced by a rename: never over a device or anything but a regular file
+    // (a controller run with `--config /dev/null`).
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() {
+            bail!(
+                "{} is not a regular file, so --save cannot write it: give the config file with --config FILE",
+                path.display()
+            );
+        }
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -156,10 +178,16 @@ fn save_to_config(path: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&tmp, doc.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", tmp.display()))?;
+    {
+        use std::io::Write as _;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        // The replacement keeps the file's owner and mode: the controller must still read it.
+        smtp_xdp::ownership::copy_owner_and_mode(path, &f)
+            .and_then(|()| f.write_all(doc.to_string().as_bytes()))
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use smtp_xdp::{
     state::{self, reason_name},
     stats::{self, Snapshot},
     units::Duration,
+    version,
 };
 use smtp_xdp_common::{ban_flags, bans, Counter, UserCounter};
 
@@ -119,6 +120,7 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
     let overrides = state::overrides(&state_path).unwrap_or_default();
     let orphans = orphaned_state_files(&inst);
     let uptime = now.saturating_sub(meta.attached_at) / 1_000_000_000;
+    let program = LoadedProgram::of(&meta);
     let policy = serde_json::json!({
         "rate": s.rate.to_string(),
         "burst": s.burst,
@@ -141,6 +143,7 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
         "iface": iface,
         "attached": attached,
         "xdp_mode": mode,
+        "program": program.json(),
         "controller_pid": daemon,
         "uptime_secs": uptime,
         "policy": policy,
@@ -166,6 +169,7 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
         if attached { "attached" } else { "NOT attached" }
     )?;
     writeln!(out, "xdp mode       {mode}")?;
+    writeln!(out, "program        {}", program.text())?;
     writeln!(
         out,
         "controller     {}",
@@ -378,4 +382,59 @@ pub fn bans(target: &Target, all: bool, json: bool) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The program the kernel runs (as its controller recorded it in META) against the one this
+/// binary carries: after a package upgrade without a restart they differ.
+struct LoadedProgram {
+    version: String,
+    sha256: String,
+}
+
+impl LoadedProgram {
+    fn of(meta: &smtp_xdp_common::Meta) -> Self {
+        LoadedProgram {
+            version: String::from_utf8_lossy(meta.program_version()).into_owned(),
+            sha256: if meta.program_sha256 == [0; 32] {
+                String::new()
+            } else {
+                version::hex(&meta.program_sha256)
+            },
+        }
+    }
+
+    fn current(&self) -> bool {
+        self.sha256 == version::OBJECT_SHA256
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.version,
+            "sha256": self.sha256,
+            "this_binary": {"version": version::recorded(), "sha256": version::OBJECT_SHA256},
+            "current": self.current(),
+        })
+    }
+
+    fn text(&self) -> String {
+        let short = |h: &str| h[..version::SHORT_HASH.min(h.len())].to_string();
+        let loaded = if self.sha256.is_empty() {
+            "unknown build".to_string()
+        } else {
+            format!(
+                "{}, XDP object sha256:{}",
+                self.version,
+                short(&self.sha256)
+            )
+        };
+        if self.current() {
+            format!("{loaded} (this binary's)")
+        } else {
+            format!(
+                "{loaded}; NOT this binary's ({}, sha256:{}): restart the controller to load it (systemctl restart smtp-xdp; the restart adopts the state without a gap)",
+                version::recorded(),
+                short(version::OBJECT_SHA256)
+            )
+        }
+    }
 }

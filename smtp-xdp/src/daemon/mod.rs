@@ -1,13 +1,13 @@
 //! The daemon behind `smtp-xdp run`: a set of services with one job each (policy service,
-//! socketmap service, metrics, kernel events, ban sweeps, census, storm watch, state persistence,
-//! DNS lists, CrowdSec), wired together
-//! by [`run`], which owns start-up and shutdown. Services share [`shared::Shared`] and never
-//! call each other.
+//! socketmap service, metrics, kernel events, ban sweeps, census, storm watch, state
+//! persistence, deny-files, DNS lists, CrowdSec), wired together by [`run`], which owns start-up
+//! and shutdown. Services share [`shared::Shared`] and never call each other.
 
 mod audit;
 mod batv;
 mod census;
 mod crowdsec;
+mod deny_files;
 mod dnsbl;
 mod exporter;
 mod kernel_events;

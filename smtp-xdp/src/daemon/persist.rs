@@ -43,6 +43,23 @@ pub fn read(path: &Path) -> anyhow::Result<Option<Decoded>> {
     }
 }
 
+/// The live overrides the state file records, read before anything else at start. A damaged
+/// file is moved aside (as [`read`] does: protection starts anyway, the file stays for
+/// inspection); a file of a newer build refuses the start.
+pub fn overrides(
+    path: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, state::Override>> {
+    match state::overrides(path) {
+        Ok(o) => Ok(o),
+        Err(e @ StateError::Newer { .. }) => Err(e.into()),
+        Err(e) => {
+            let aside = move_aside(path, "damaged");
+            tracing::error!(error = %e, moved_to = %aside.display(), "saved state not restored: the damaged file was moved aside; starting without saved bans, lists and overrides");
+            Ok(Default::default())
+        }
+    }
+}
+
 /// Renames the state file to `<file>.<why>-<unix time>` (kept for inspection or recovery).
 pub fn move_aside(path: &Path, why: &str) -> std::path::PathBuf {
     let aside = path.with_extension(format!(
@@ -55,13 +72,21 @@ pub fn move_aside(path: &Path, why: &str) -> std::path::PathBuf {
 
 /// Under the write lock: captures the pinned maps of `dir` and writes them to `path`, with the
 /// start of BATV's grace period when it is known.
-pub fn save(dir: &Path, iface: &str, path: &Path, batv_since: Option<u64>) -> anyhow::Result<()> {
+pub fn save(
+    dir: &Path,
+    iface: &str,
+    path: &Path,
+    batv_since: Option<u64>,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
     let _lock = pins::lists_lock(iface)?;
     let maps = Maps::open(dir)?;
     state::save_from_pins(&maps, iface, path, |f| {
         if batv_since.is_some() {
             f.batv_since = batv_since;
         }
+        // `set --save` writes the file this controller runs with.
+        f.config = config.map(|c| c.display().to_string());
     })?;
     tracing::debug!(file = %path.display(), "state saved");
     Ok(())
@@ -74,6 +99,7 @@ pub fn save_logged(shared: &Shared) -> bool {
         &shared.iface,
         &shared.state_path,
         shared.batv_since(),
+        shared.config_path.as_deref(),
     ) {
         Ok(()) => true,
         Err(e) => {
@@ -98,7 +124,9 @@ const SOON: Duration = Duration::from_secs(1);
 pub async fn run(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Instant::now();
-    let mut wanted = false;
+    // A save soon after start records what this controller runs with (its config file, for
+    // `set --save`) and what it adopted or restored.
+    let mut wanted = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -1,6 +1,7 @@
 //! SIGHUP: the config file read again, with the live `set` overrides on top, and the policy in
 //! force replaced atomically; an invalid file is refused and the policy stays. Every setting that
-//! changes is named in the log; settings that need a restart are named with a warning.
+//! changes is named in the log; settings that need a restart are named with a warning. Then
+//! `Shared::reloads` tells the services that reload something of their own.
 
 use super::shared::Shared;
 use crate::{
@@ -10,6 +11,13 @@ use crate::{
 };
 
 pub fn reload(shared: &Shared, opts: &RunOptions) {
+    reread(shared, opts);
+    // Also after a refused reread: a SIGHUP still reloads what other services hold (the
+    // deny-files), with the settings in force.
+    shared.reloads.send_modify(|n| *n += 1);
+}
+
+fn reread(shared: &Shared, opts: &RunOptions) {
     let mut resolved = match super::resolve_settings(opts) {
         Ok(r) => r,
         Err(e) => {

@@ -15,8 +15,8 @@ use smtp_xdp_common::names;
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use super::{
-    audit, batv, census, crowdsec, dnsbl, exporter, kernel_events, mode, persist, policy, reload,
-    resolve_settings,
+    audit, batv, census, crowdsec, deny_files, dnsbl, exporter, kernel_events, mode, persist,
+    policy, reload, resolve_settings,
     shared::{Shared, Suspects},
     socketmap,
     startup::{self, Started},
@@ -104,6 +104,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let mut signals = Signals::install()?;
     let resolved = resolve_settings(&opts)?;
     host::require_privileges("smtp-xdp run")?;
+    // An old kernel is named in one line here, not in a verifier dump after the pins exist.
+    crate::probe::check()?;
     pins::ensure_bpffs()?;
     let iface = match &resolved.settings.iface {
         Some(i) => i.clone(),
@@ -127,9 +129,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         tracing::warn!(moved_to = %aside.display(), "--fresh: starting without saved bans, lists and overrides; the old state file was kept aside");
     }
     let mut resolved = resolved;
-    super::apply_live_overrides(&mut resolved, &state::overrides(&state_path)?, "start");
+    super::apply_live_overrides(&mut resolved, &persist::overrides(&state_path)?, "start");
     let settings = resolved.settings.clone();
-    let config_path = resolved.config.clone();
+    // Absolute, as the state file records it for `set --save` run from anywhere.
+    let config_path = resolved
+        .config
+        .clone()
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
     let listeners = Listeners::bind(&settings).await?;
     let batv = batv::prepare(&settings, &state_path)?;
     let crowdsec = crowdsec::prepare(&settings)?;
@@ -188,6 +194,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         iface: iface.clone(),
         dir: dir.clone(),
         state_path: state_path.clone(),
+        config_path: config_path.clone(),
         maps: Mutex::new(maps),
         settings: RwLock::new(settings.clone()),
         cache: Mutex::new(Cache {
@@ -204,6 +211,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
         batv_since: Mutex::new(batv.since),
         save_soon: tokio::sync::Notify::new(),
         local_bans: tokio::sync::broadcast::channel(super::shared::LOCAL_BANS_BACKLOG).0,
+        reloads: watch::channel(0).0,
         suspects,
     });
 
@@ -219,6 +227,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<i32> {
     tasks.spawn(sweep::run(shared.clone()));
     tasks.spawn(storm::run(shared.clone()));
     tasks.spawn(persist::run(shared.clone()));
+    tasks.spawn(deny_files::run(shared.clone()));
     tasks.spawn(dnsbl::run(shared.clone(), suspects_rx, dnsbl_client));
     if let Some(bound) = listeners.metrics {
         tasks.spawn(exporter::serve(bound, shared.clone()));

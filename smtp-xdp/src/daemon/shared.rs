@@ -33,6 +33,8 @@ pub struct Shared {
     pub dir: PathBuf,
     /// The state file.
     pub state_path: PathBuf,
+    /// The config file read at start and on SIGHUP (none: defaults and flags only).
+    pub config_path: Option<PathBuf>,
     pub maps: Mutex<Maps>,
     pub settings: RwLock<Settings>,
     pub cache: Mutex<Cache>,
@@ -53,6 +55,9 @@ pub struct Shared {
     /// report them (CrowdSec). Bounded: a subscriber that falls behind learns how many it
     /// missed.
     pub local_bans: broadcast::Sender<LocalBan>,
+    /// Counts SIGHUPs handled (after the config was reread, or the reread refused): services
+    /// that reload something of their own on SIGHUP watch it.
+    pub reloads: tokio::sync::watch::Sender<u64>,
     /// Sources worth asking the DNS lists about, for the DNSBL service.
     pub suspects: Suspects,
 }

@@ -134,6 +134,11 @@ pub fn start(
     meta.layout = LAYOUT_VERSION;
     meta.ifindex = index;
     meta.controller_started = now;
+    // The program attached below (fresh or swapped in behind an adopted link) is this build's.
+    meta.set_program(
+        crate::version::object_sha256(),
+        crate::version::recorded().as_bytes(),
+    );
     if !meta.set_state_path(state_path.as_os_str().as_encoded_bytes()) {
         bail!(
             "state-dir {} is too long: the state file's path must be shorter than {} bytes",
