@@ -112,7 +112,7 @@ pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
 /// `BOUNCERS` holds one entry for this many `SOURCES` entries (few sources send bounces).
 pub const SOURCES_PER_BOUNCER: u32 = 16;
 /// Fewest `BOUNCERS` entries, however small the per-source table.
-pub const MIN_BOUNCERS: u32 = 1024;
+pub const MIN_BOUNCERS: u32 = 64;
 pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
 pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;

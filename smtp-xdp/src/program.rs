@@ -87,7 +87,7 @@ impl Default for LoadOptions<'_> {
     }
 }
 
-/// Entries of `BOUNCERS` for a per-source table of `max_sources`: a sixteenth, at least 1024.
+/// Entries of `BOUNCERS` for a per-source table of `max_sources`: a sixteenth, at least 64.
 pub fn bouncers_capacity(max_sources: u32) -> u32 {
     (max_sources / smtp_xdp_common::SOURCES_PER_BOUNCER).max(smtp_xdp_common::MIN_BOUNCERS)
 }

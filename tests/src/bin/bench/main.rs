@@ -440,7 +440,7 @@ fn memory_per_source(mode: &Mode, md: &mut String) -> serde_json::Value {
     } else {
         &[1 << 10, 1 << 20]
     };
-    let _ = writeln!(md, "Kernel memory per tracked source, by table size (`--max-sources`), the table filled with sources of one family, from each map's own accounting (`memlock` in its fdinfo). The bounce table (`BOUNCERS`, a sixteenth of the size, at least 1,024 entries) is sized with it and holds state only for sources that sent bounces.\n");
+    let _ = writeln!(md, "Kernel memory per tracked source, by table size (`--max-sources`), the table filled with sources of one family, from each map's own accounting (`memlock` in its fdinfo). The bounce table (`BOUNCERS`, a sixteenth of the size, at least 64 entries) is sized with it and holds state only for sources that sent bounces.\n");
     let _ = writeln!(
         md,
         "| table size | family | SOURCES bytes per source | with BOUNCERS |"
