@@ -1,6 +1,6 @@
 //! The penalty box: when a source earns a ban, how long it lasts, and when a ban is over.
 
-use crate::{ban_flags, Ban, Policy, SourceState};
+use crate::{ban_flags, Ban, Policy, SourceState, NS_PER_SEC};
 
 /// Highest escalation level; `base << 32` already exceeds any sane maximum.
 pub const MAX_LEVEL: u32 = 32;
@@ -71,6 +71,12 @@ pub fn issue(previous: Option<&Ban>, now: u64, reason: u32, policy: &Policy) -> 
     }
 }
 
+/// Whole seconds of a boot-clock time (fits a `u32` for 136 years of uptime).
+#[inline(always)]
+pub fn seconds(ns: u64) -> u32 {
+    (ns / NS_PER_SEC) as u32
+}
+
 /// What a rate drop means for a source's offence record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offence {
@@ -86,17 +92,21 @@ pub struct Offence {
 /// source released from the penalty box has to offend `threshold` times again to return.
 #[inline(always)]
 pub fn record_rate_drop(state: &mut SourceState, now: u64, policy: &Policy) -> Offence {
-    let expired = now.saturating_sub(state.window_start) >= policy.ban_window_ns;
+    // The window starts at the whole second of its first drop (the state keeps seconds), so
+    // it lasts up to a second less than `ban_window_ns`.
+    let now_s = seconds(now);
+    let start_ns = state.window_start as u64 * NS_PER_SEC;
+    let expired = now.saturating_sub(start_ns) >= policy.ban_window_ns;
     if state.window_drops == 0 || expired {
-        state.window_start = now;
+        state.window_start = now_s;
         state.window_drops = 0;
     }
     state.window_drops = state.window_drops.saturating_add(1);
     let first_drop = state.window_drops == 1;
-    let ban = policy.ban_threshold != 0 && state.window_drops >= policy.ban_threshold;
+    let ban = policy.ban_threshold != 0 && state.window_drops as u32 >= policy.ban_threshold;
     if ban {
         state.window_drops = 0;
-        state.window_start = now;
+        state.window_start = now_s;
     }
     Offence { first_drop, ban }
 }

@@ -11,7 +11,8 @@
 //! counted, over its bounce limit its bounces only counted, and no ban is ever issued for it.
 
 use crate::{
-    ban_reason, bans, bans::Offence, limiter::Gcra, source_flags, Ban, Counter, Policy, SourceState,
+    ban_reason, bans, bans::Offence, bounce_flags, limiter::Gcra, source_flags, Ban, BounceState,
+    Counter, Policy, SourceState,
 };
 
 /// Why a SYN is dropped.
@@ -104,8 +105,6 @@ pub trait SynEnv: BanEnv {
     fn net_banned(&mut self, now: u64) -> bool;
     /// A CrowdSec decision on the source or a network containing it is active.
     fn crowdsec_banned(&mut self, now: u64) -> bool;
-    /// Counts a SYN dropped for a ban in the source's statistics, if the source is tracked.
-    fn note_banned_syn(&mut self, now: u64);
     /// Charges the SYN to the source's bucket (creating state on first sight) at the limit
     /// [`syn_limit`] picks, and counts it in the source's statistics.
     fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome;
@@ -136,7 +135,6 @@ pub fn decide_syn<E: SynEnv>(env: &mut E, policy: &Policy, now: u64) -> SynVerdi
     }
     if let Some(ban) = env.ban_entry() {
         if bans::in_force(&ban, now, policy.dry_run()) {
-            env.note_banned_syn(now);
             return SynVerdict::Dropped(DropReason::Ban);
         }
     }
@@ -181,9 +179,15 @@ pub fn bounce_over_limit<E: BanEnv>(env: &mut E, policy: &Policy, now: u64) -> O
 /// gets the storm's burst (`syn_storm`): a wide storm of relays, each holding fewer bounces
 /// than the normal burst, then cannot open many sessions at once and meets its bounce ban
 /// sooner. Senders known from before the storm keep their full burst. The mark of a source new
-/// in a storm is set on its first SYN and cleared on its first SYN after the storm.
+/// in a storm is set on its first SYN and cleared on its first SYN after the storm. `bouncer`
+/// (whether the source has sent bounces: it has a `BOUNCERS` entry) is only asked in a storm.
 #[inline(always)]
-pub fn syn_limit<'p>(policy: &'p Policy, state: &mut SourceState, storm: bool) -> &'p Gcra {
+pub fn syn_limit<'p>(
+    policy: &'p Policy,
+    state: &mut SourceState,
+    storm: bool,
+    bouncer: impl FnOnce() -> bool,
+) -> &'p Gcra {
     if !storm {
         if state.flags & source_flags::NEW_IN_STORM != 0 {
             state.flags &= !source_flags::NEW_IN_STORM;
@@ -193,7 +197,7 @@ pub fn syn_limit<'p>(policy: &'p Policy, state: &mut SourceState, storm: bool) -
     if state.syns == 0 {
         state.flags |= source_flags::NEW_IN_STORM;
     }
-    if state.bounces != 0 || state.flags & source_flags::NEW_IN_STORM != 0 {
+    if state.flags & source_flags::NEW_IN_STORM != 0 || bouncer() {
         &policy.syn_storm
     } else {
         &policy.syn
@@ -254,9 +258,8 @@ pub enum BounceVerdict {
 
 /// Counts `count` bounces to a source's state (totals only, no limit).
 #[inline(always)]
-pub fn count_bounces(state: &mut SourceState, count: u32, now: u64) {
-    state.bounces = state.bounces.saturating_add(count as u64);
-    state.last_seen = now;
+pub fn count_bounces(state: &mut BounceState, count: u32) {
+    state.bounces = state.bounces.saturating_add(count);
 }
 
 /// Counts `count` bounces the kernel saw and, unless BATV judges bounces
@@ -265,13 +268,13 @@ pub fn count_bounces(state: &mut SourceState, count: u32, now: u64) {
 /// the tighter `bounce_storm` limit applies.
 #[inline(always)]
 pub fn charge_bounces(
-    state: &mut SourceState,
+    state: &mut BounceState,
     policy: &Policy,
     storm: bool,
     count: u32,
     now: u64,
 ) -> BounceVerdict {
-    count_bounces(state, count, now);
+    count_bounces(state, count);
     if count == 0 || policy.bounces_judged() {
         return BounceVerdict::Counted;
     }
@@ -285,7 +288,7 @@ pub fn charge_bounces(
 /// chargeable; the kernel through [`charge_bounces`].
 #[inline(always)]
 pub fn charge_bounce_bucket(
-    state: &mut SourceState,
+    state: &mut BounceState,
     policy: &Policy,
     storm: bool,
     now: u64,
@@ -301,11 +304,11 @@ pub fn charge_bounce_bucket(
     match gcra.admit(state.bounce_tat, now) {
         Some(tat) => {
             state.bounce_tat = tat;
-            state.flags &= !source_flags::BOUNCE_OVER;
+            state.flags &= !bounce_flags::BOUNCE_OVER;
             BounceVerdict::Counted
         }
         None => {
-            state.flags |= source_flags::BOUNCE_OVER;
+            state.flags |= bounce_flags::BOUNCE_OVER;
             BounceVerdict::OverLimit
         }
     }
@@ -327,6 +330,7 @@ mod tests {
         crowdsec: Option<u64>,
         ban: Option<Ban>,
         state: Option<SourceState>,
+        bouncer: bool,
         global_tat: u64,
         storm: bool,
         events: [u32; crate::event_kind::COUNT as usize],
@@ -371,11 +375,11 @@ mod tests {
         fn crowdsec_banned(&mut self, now: u64) -> bool {
             self.crowdsec.is_some_and(|until| now < until)
         }
-        fn note_banned_syn(&mut self, _now: u64) {}
         fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
+            let bouncer = self.bouncer;
             let st = self.state.get_or_insert_with(SourceState::default);
-            let gcra = syn_limit(policy, st, self.storm);
-            st.syns += 1;
+            let gcra = syn_limit(policy, st, self.storm, || bouncer);
+            st.count_syn();
             match gcra.admit(st.syn_tat, now) {
                 Some(t) => {
                     st.syn_tat = t;
@@ -386,7 +390,7 @@ mod tests {
         }
         fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence {
             let st = self.state.get_or_insert_with(SourceState::default);
-            st.drops += 1;
+            st.count_drop();
             bans::record_rate_drop(st, now, policy)
         }
         fn global_admit(&mut self, gcra: &Gcra, now: u64) -> bool {
@@ -613,9 +617,9 @@ mod tests {
         let mut bouncer = OneSource {
             state: Some(SourceState {
                 syns: 5,
-                bounces: 1,
                 ..Default::default()
             }),
+            bouncer: true,
             storm: true,
             ..Default::default()
         };
@@ -642,7 +646,7 @@ mod tests {
         let mut p = policy();
         p.bounce = Gcra::new(180 * S, 4); // 20/h
         p.bounce_storm = Gcra::tightened(180 * S, 4, 4);
-        let mut st = SourceState::default();
+        let mut st = BounceState::default();
         for _ in 0..4 {
             assert_eq!(
                 charge_bounces(&mut st, &p, false, 1, S),
@@ -655,11 +659,11 @@ mod tests {
         );
         assert_eq!(st.bounces, 5);
         assert_eq!(
-            st.flags & source_flags::BOUNCE_OVER,
-            source_flags::BOUNCE_OVER
+            st.flags & bounce_flags::BOUNCE_OVER,
+            bounce_flags::BOUNCE_OVER
         );
         // In a storm with factor 4, the burst is 1.
-        let mut st = SourceState::default();
+        let mut st = BounceState::default();
         assert_eq!(
             charge_bounces(&mut st, &p, true, 1, S),
             BounceVerdict::Counted
@@ -669,7 +673,7 @@ mod tests {
             BounceVerdict::OverLimit
         );
         // Several in one segment are counted, and charged as one limiter event.
-        let mut st = SourceState::default();
+        let mut st = BounceState::default();
         assert_eq!(
             charge_bounces(&mut st, &p, false, 5, S),
             BounceVerdict::Counted
@@ -677,7 +681,7 @@ mod tests {
         assert_eq!(st.bounces, 5);
         // Limiting off: only counted.
         p.bounce = Gcra::default();
-        let mut st = SourceState::default();
+        let mut st = BounceState::default();
         assert_eq!(
             charge_bounces(&mut st, &p, false, 100, S),
             BounceVerdict::Counted
@@ -692,7 +696,7 @@ mod tests {
         p.bounce_storm = Gcra::tightened(180 * S, 2, 4);
         p.flags |= crate::policy_flags::BOUNCES_JUDGED;
         for storm in [false, true] {
-            let mut st = SourceState::default();
+            let mut st = BounceState::default();
             for _ in 0..50 {
                 assert_eq!(
                     charge_bounces(&mut st, &p, storm, 3, S),

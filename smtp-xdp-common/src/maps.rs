@@ -8,7 +8,9 @@ pub mod names {
     pub const SELECT: &str = "SELECT";
     pub const PORT_SLOTS: &str = "PORT_SLOTS";
     pub const SOURCES: &str = "SOURCES";
+    pub const BOUNCERS: &str = "BOUNCERS";
     pub const BANS: &str = "BANS";
+    pub const BAN_FILTER: &str = "BAN_FILTER";
     pub const ALLOW_V4_A: &str = "ALLOW_V4_A";
     pub const ALLOW_V4_B: &str = "ALLOW_V4_B";
     pub const ALLOW_V6_A: &str = "ALLOW_V6_A";
@@ -31,12 +33,14 @@ pub mod names {
     pub const CROWDSEC_V6: &str = "CROWDSEC_V6";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 25] = [
+    pub const PINNED: [&str; 27] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
         SOURCES,
+        BOUNCERS,
         BANS,
+        BAN_FILTER,
         ALLOW_V4_A,
         ALLOW_V4_B,
         ALLOW_V6_A,
@@ -86,8 +90,29 @@ pub mod present {
     pub const CROWDSEC: u32 = 16;
 }
 
+/// Slots of `BAN_FILTER`: per slot, how many `BANS` keys hash to it (an over-count is allowed,
+/// an under-count never). A SYN whose slot holds 0 has no ban, and skips the `BANS` lookup.
+///
+/// Every writer of `BANS` keeps it so: it adds one to the slot before inserting a new key
+/// (`BPF_NOEXIST`), takes it back when the key already existed (and then replaces it with
+/// `BPF_EXIST`, starting over if the key vanished meanwhile), and subtracts one only after a
+/// delete that removed the key. The map is memory-mapped by the controller, so both sides update
+/// it with atomic adds.
+pub const BAN_FILTER_SLOTS: u32 = 1 << 16;
+
+/// The `BAN_FILTER` slot of a source key (a multiplicative hash of its eight bytes).
+#[inline(always)]
+pub fn ban_filter_slot(key: &SourceKey) -> u32 {
+    let k = u64::from_ne_bytes(key.bytes);
+    (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (BAN_FILTER_SLOTS - 1)
+}
+
 /// Default sizes of the maps the controller can resize.
 pub const DEFAULT_MAX_SOURCES: u32 = 1 << 20;
+/// `BOUNCERS` holds one entry for this many `SOURCES` entries (few sources send bounces).
+pub const SOURCES_PER_BOUNCER: u32 = 16;
+/// Fewest `BOUNCERS` entries, however small the per-source table.
+pub const MIN_BOUNCERS: u32 = 64;
 pub const DEFAULT_MAX_BANS: u32 = 1 << 16;
 pub const MAX_LIST_ENTRIES: u32 = 1 << 20;
 pub const MAX_BANNED_NETS: u32 = 1 << 16;
@@ -104,31 +129,40 @@ pub const STATE_PATH_BYTES: usize = 256;
 /// Bytes of `Meta::program_version`.
 pub const PROGRAM_VERSION_BYTES: usize = 32;
 
-/// Address family tag inside [`SourceKey`].
+/// Address families, as [`SourceKey::family`] and the parser name them.
 pub const FAMILY_V4: u32 = 4;
 pub const FAMILY_V6: u32 = 6;
 
-/// The identity the limiter counts by: an address masked to the configured prefix.
+/// Longest IPv6 prefix a [`SourceKey`] holds: sources are counted per /64 at the finest.
+pub const MAX_IPV6_PREFIX: u32 = 64;
+
+/// First four bytes of an IPv4 [`SourceKey`]. `ffff:ffff::/32` lies in the IPv6 multicast
+/// range, which is never a source address, so no IPv6 key of a real source starts with them.
+const V4_TAG: [u8; 4] = [0xff; 4];
+
+/// The identity the limiter counts by: an address masked to the configured prefix, in eight
+/// bytes (the key width decides the per-source table's memory).
 ///
-/// For IPv4 only the first four bytes of `addr` are used and the rest stay zero, so one key type
-/// serves both families without padding.
+/// IPv4: `ff ff ff ff a b c d` (the tag, then the masked address). IPv6: the masked first 64
+/// bits (a prefix is at most [`MAX_IPV6_PREFIX`] long).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
-    pub family: u32,
-    pub addr: [u8; 16],
+    pub bytes: [u8; 8],
 }
 
 impl SourceKey {
-    /// The key of `addr` (IPv4 in the first four bytes when `family` is 4) masked to `prefix` bits.
+    /// The key of `addr` (IPv4 in the first four bytes when `family` is 4) masked to `prefix` bits
+    /// (at most 32 for IPv4, [`MAX_IPV6_PREFIX`] for IPv6).
     #[inline(always)]
     pub fn masked(family: u32, addr: &[u8; 16], prefix: u32) -> Self {
-        let width = if family == FAMILY_V4 { 32 } else { 128 };
+        let v4 = family == FAMILY_V4;
+        let width = if v4 { 32 } else { MAX_IPV6_PREFIX };
         let prefix = if prefix > width { width } else { prefix };
-        let mut out = [0u8; 16];
+        let mut out = [0u8; 8];
         let mut i = 0;
         // Fixed trip count: the verifier sees a bounded loop, LLVM unrolls it.
-        while i < 16 {
+        while i < 8 {
             let bit = (i as u32) * 8;
             let mask: u8 = if bit + 8 <= prefix {
                 0xff
@@ -140,43 +174,100 @@ impl SourceKey {
             out[i] = addr[i] & mask;
             i += 1;
         }
-        SourceKey { family, addr: out }
+        if v4 {
+            out = [
+                V4_TAG[0], V4_TAG[1], V4_TAG[2], V4_TAG[3], out[0], out[1], out[2], out[3],
+            ];
+        }
+        SourceKey { bytes: out }
+    }
+
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    #[inline(always)]
+    pub fn family(&self) -> u32 {
+        if self.bytes[..4] == V4_TAG {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        }
+    }
+
+    /// The masked address in sixteen bytes (IPv4 in the first four, the rest zero).
+    #[inline(always)]
+    pub fn addr(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if self.family() == FAMILY_V4 {
+            out[..4].copy_from_slice(&self.bytes[4..]);
+        } else {
+            out[..8].copy_from_slice(&self.bytes);
+        }
+        out
     }
 }
 
-/// Per-source state in the `SOURCES` LRU map.
+/// Per-source state in the `SOURCES` LRU map: 24 bytes, so that with its 8-byte key an entry
+/// costs the kernel 96 bytes (48 of element header, 16 of hash bucket). Bounce state, which
+/// few sources have, lives apart in `BOUNCERS` ([`BounceState`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// GCRA theoretical arrival time of the next SYN, in boot-clock nanoseconds.
+    /// GCRA theoretical arrival time of the next SYN, in boot-clock nanoseconds. Without a SYN
+    /// yet, 0; after an admitted SYN, that SYN's time plus one interval at least (so it also
+    /// tells when the source was last admitted).
     pub syn_tat: u64,
+    /// SYNs to protected ports charged to this source's rate (saturating; statistics).
+    pub syns: u32,
+    /// Of those, over the rate: dropped, or would-drop in monitor mode (saturating; statistics).
+    pub drops: u32,
+    /// Start of the current offence window (rate drops counted towards a ban), in boot-clock
+    /// seconds.
+    pub window_start: u32,
+    /// Rate drops inside the current offence window (saturating).
+    pub window_drops: u16,
+    /// [`source_flags`] bits.
+    pub flags: u16,
+}
+
+impl SourceState {
+    /// Counts a SYN in the statistics (plain adds: a race between CPUs can lose a count, never
+    /// a verdict).
+    #[inline(always)]
+    pub fn count_syn(&mut self) {
+        self.syns = self.syns.saturating_add(1);
+    }
+
+    /// Counts a rate drop in the statistics.
+    #[inline(always)]
+    pub fn count_drop(&mut self) {
+        self.drops = self.drops.saturating_add(1);
+    }
+}
+
+/// Bounce state of a source that sent bounces (`BOUNCERS`, an LRU map keyed by [`SourceKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BounceState {
     /// GCRA theoretical arrival time of the next bounce.
     pub bounce_tat: u64,
-    /// Start of the current offence window (rate drops counted towards a ban).
-    pub window_start: u64,
-    /// Last SYN or bounce seen from this source.
-    pub last_seen: u64,
-    /// SYNs to protected ports seen from this source.
-    pub syns: u64,
-    /// Of those, dropped (or would-drop in monitor mode).
-    pub drops: u64,
-    /// Null-sender `MAIL FROM` commands counted for this source.
-    pub bounces: u64,
-    /// Rate drops inside the current offence window.
-    pub window_drops: u32,
-    /// [`source_flags`] bits.
+    /// Null-sender `MAIL FROM` commands counted for this source (saturating).
+    pub bounces: u32,
+    /// [`bounce_flags`] bits.
     pub flags: u32,
 }
 
-/// Bits of [`SourceState::flags`].
-pub mod source_flags {
+/// Bits of [`BounceState::flags`].
+pub mod bounce_flags {
     /// The last bounce charged to the source's bounce bucket was over the limit (cleared by the
     /// next one within it). The policy service reads it for a trusted relay, which is never
     /// banned, to refuse its over-limit messages one by one.
     pub const BOUNCE_OVER: u32 = 1;
+}
+
+/// Bits of [`SourceState::flags`].
+pub mod source_flags {
     /// First seen while a bounce storm was on: held to the storm's connection burst until the
     /// storm ends.
-    pub const NEW_IN_STORM: u32 = 2;
+    pub const NEW_IN_STORM: u16 = 2;
 }
 
 /// Why a source is in the penalty box.
@@ -584,7 +675,7 @@ pub mod event_kind {
     pub const COUNT: u32 = 7;
 }
 
-/// One ring-buffer event (64 bytes, no padding).
+/// One ring-buffer event (56 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -592,6 +683,7 @@ pub struct Event {
     pub reason: u32,
     pub key: SourceKey,
     pub level: u32,
+    pub _reserved: u32,
     pub value: u64,
     pub at: u64,
     /// The source's full address (the key is masked to the prefix): DNS lists are asked per
@@ -686,6 +778,7 @@ mod pod {
     // (checked by the size assertions in the tests), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceState {}
+    unsafe impl aya::Pod for super::BounceState {}
     unsafe impl aya::Pod for super::Ban {}
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for crate::limiter::Gcra {}
@@ -702,12 +795,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<SourceKey>(), 4 + 16);
-        assert_eq!(size_of::<SourceState>(), 7 * 8 + 2 * 4);
+        assert_eq!(size_of::<SourceKey>(), 8);
+        assert_eq!(size_of::<SourceState>(), 8 + 3 * 4 + 2 * 2);
+        assert_eq!(size_of::<BounceState>(), 8 + 2 * 4);
         assert_eq!(size_of::<Ban>(), 2 * 8 + 4 * 4);
         assert_eq!(size_of::<Policy>(), 14 * 8 + 4 * 4 + 2 * crate::MAX_PORTS);
         assert_eq!(size_of::<PortStats>(), 3 * 8);
-        assert_eq!(size_of::<Event>(), 4 + 4 + 20 + 4 + 8 + 8 + 16);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 8 + 4 + 4 + 8 + 8 + 16);
         assert_eq!(size_of::<Trust>(), 2 * 8 + 16 + 2 * 4);
         assert_eq!(
             size_of::<Meta>(),
@@ -726,25 +820,37 @@ mod tests {
     #[test]
     fn masking_keeps_prefix_bits_only() {
         let a = [192, 0, 2, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 32).addr, a);
+        let k = SourceKey::masked(FAMILY_V4, &a, 32);
+        assert_eq!((k.family(), k.addr()), (FAMILY_V4, a));
+        assert_eq!(k.bytes, [0xff, 0xff, 0xff, 0xff, 192, 0, 2, 255]);
         assert_eq!(
-            SourceKey::masked(FAMILY_V4, &a, 24).addr[..4],
+            SourceKey::masked(FAMILY_V4, &a, 24).addr()[..4],
             [192, 0, 2, 0]
         );
         assert_eq!(
-            SourceKey::masked(FAMILY_V4, &a, 20).addr[..4],
+            SourceKey::masked(FAMILY_V4, &a, 20).addr()[..4],
             [192, 0, 0, 0]
         );
-        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 0).addr, [0; 16]);
-        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 99).addr, a);
+        let zero = SourceKey::masked(FAMILY_V4, &a, 0);
+        assert_eq!((zero.family(), zero.addr()), (FAMILY_V4, [0; 16]));
+        assert_eq!(SourceKey::masked(FAMILY_V4, &a, 99).addr(), a);
         let b = [
             0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
         ];
         let k = SourceKey::masked(FAMILY_V6, &b, 64);
-        assert_eq!(k.addr[..8], b[..8]);
-        assert_eq!(k.addr[8..], [0; 8]);
+        assert_eq!(k.family(), FAMILY_V6);
+        assert_eq!(k.addr()[..8], b[..8]);
+        assert_eq!(k.addr()[8..], [0; 8]);
+        assert_eq!(SourceKey::masked(FAMILY_V6, &b, 128), k, "at most a /64");
         let k = SourceKey::masked(FAMILY_V6, &b, 60);
-        assert_eq!(k.addr[7], 0);
-        assert_eq!(k.addr[6], 3);
+        assert_eq!(k.addr()[7], 0);
+        assert_eq!(k.addr()[6], 3);
+        // IPv4 keys never meet an IPv6 key of a unicast source.
+        let v6 = SourceKey::masked(FAMILY_V6, &[0xff; 16], 64);
+        assert_eq!(
+            v6.family(),
+            FAMILY_V4,
+            "only a multicast address looks like IPv4"
+        );
     }
 }

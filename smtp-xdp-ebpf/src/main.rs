@@ -16,7 +16,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -29,10 +29,10 @@ use smtp_xdp_common::{
     event_kind,
     limiter::Gcra,
     parse::{self, Frame, Segment, Skip},
-    port_flags, present, select, Ban, Counter, Event, Meta, Policy, PortStats, SourceKey,
-    SourceState, Trust, COUNTER_SLOTS, DEFAULT_MAX_BANS, DEFAULT_MAX_DECISIONS,
-    DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS, MAX_LIST_ENTRIES, MAX_PORTS,
-    MAX_TRUSTED, SCAN_WINDOW,
+    port_flags, present, select, Ban, BounceState, Counter, Event, Meta, Policy, PortStats,
+    SourceKey, SourceState, Trust, BAN_FILTER_SLOTS, COUNTER_SLOTS, DEFAULT_MAX_BANS,
+    DEFAULT_MAX_DECISIONS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, FAMILY_V4, MAX_BANNED_NETS,
+    MAX_LIST_ENTRIES, MAX_PORTS, MAX_TRUSTED, SCAN_WINDOW, SOURCES_PER_BOUNCER,
 };
 
 /// Two policy copies; `SELECT[select::POLICY]` names the live one.
@@ -48,9 +48,18 @@ static PORT_SLOTS: Array<u32> = Array::with_max_entries(65536, 0);
 #[map]
 static SOURCES: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+/// Bounce state of the sources that sent bounces; sized by the controller (a fraction of
+/// `--max-sources`).
+#[map]
+static BOUNCERS: LruHashMap<SourceKey, BounceState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES / SOURCES_PER_BOUNCER, 0);
 /// The penalty box. A plain hash, not LRU: a spoofed flood must not be able to evict bans.
 #[map]
 static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(DEFAULT_MAX_BANS, 0);
+/// Per slot, how many `BANS` keys hash there (see `smtp_xdp_common::BAN_FILTER_SLOTS`): a SYN
+/// whose slot is 0 skips the penalty-box lookup. Memory-mapped by the controller.
+#[map]
+static BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_SLOTS, BPF_F_MMAPABLE);
 
 macro_rules! list_trie {
     ($name:ident, $key:ty) => {
@@ -153,6 +162,12 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A program that drops everything: the floor the driver-path benchmark compares against.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> (Counter, u32) {
     let seg = match parse::parse(&Packet { ctx }) {
@@ -215,7 +230,7 @@ fn count(counter: Counter) {
 #[inline(always)]
 fn atomic_add(p: *mut u64, v: u64) {
     // SAFETY: `p` points into a map value; BPF_ATOMIC add on it is what other CPUs see.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) };
 }
 
 #[inline(always)]
@@ -302,18 +317,43 @@ impl KernelEnv<'_> {
         }
         p
     }
+
+    /// The source's bounce state, created on first sight when `create`.
+    #[inline(always)]
+    fn bounce_state(&self, create: bool) -> Option<*mut BounceState> {
+        if let Some(p) = BOUNCERS.get_ptr_mut(self.key) {
+            return Some(p);
+        }
+        if !create {
+            return None;
+        }
+        // As for `state`: an error is mostly another CPU's insert winning.
+        let _ = BOUNCERS.insert(self.key, BounceState::default(), BPF_NOEXIST as u64);
+        let p = BOUNCERS.get_ptr_mut(self.key);
+        if p.is_none() {
+            count(Counter::SourceInsertFailed);
+        }
+        p
+    }
 }
 
 impl BanEnv for KernelEnv<'_> {
     #[inline(always)]
     fn ban_entry(&mut self) -> Option<Ban> {
+        // No key of the penalty box hashes to this slot: no ban, and no lookup.
+        if BAN_FILTER
+            .get(smtp_xdp_common::ban_filter_slot(&self.key))
+            .is_some_and(|&n| n == 0)
+        {
+            return None;
+        }
         // SAFETY: copied out at once; a concurrent update can at worst give a stale copy.
         unsafe { BANS.get(self.key).copied() }
     }
 
     #[inline(always)]
     fn store_ban(&mut self, ban: &Ban) -> bool {
-        let stored = BANS.insert(self.key, ban, 0).is_ok();
+        let stored = store_ban(&self.key, ban);
         if !stored {
             // Rare (the penalty box is full): worth a log line, never on the normal path.
             aya_log_ebpf::warn!(
@@ -337,15 +377,14 @@ impl BanEnv for KernelEnv<'_> {
             ev.reason = b.reason;
             ev.level = b.level;
             ev.value = b.until - b.since;
+        } else if kind == event_kind::BOUNCE_LIMIT {
+            if let Some(b) = self.bounce_state(false) {
+                // SAFETY: `b` points into the BOUNCERS value for this key.
+                ev.value = unsafe { (*b).bounces } as u64;
+            }
         } else if let Some(st) = self.state(false) {
             // SAFETY: `st` points into the SOURCES value for this key.
-            unsafe {
-                ev.value = if kind == event_kind::BOUNCE_LIMIT {
-                    (*st).bounces
-                } else {
-                    (*st).syns
-                };
-            }
+            ev.value = unsafe { (*st).syns } as u64;
         }
         if EVENTS.output::<Event>(&ev, 0).is_err() {
             count(Counter::EventsLost);
@@ -423,30 +462,20 @@ impl SynEnv for KernelEnv<'_> {
     }
 
     #[inline(always)]
-    fn note_banned_syn(&mut self, now: u64) {
-        if let Some(st) = self.state(false) {
-            // SAFETY: `st` points into the SOURCES value for this key.
-            unsafe {
-                atomic_add(&raw mut (*st).syns, 1);
-                atomic_add(&raw mut (*st).drops, 1);
-                (*st).last_seen = now;
-            }
-        }
-    }
-
-    #[inline(always)]
     fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
         let Some(st) = self.state(true) else {
             return RateOutcome::Untracked;
         };
         self.st = st;
         // SAFETY: `st` points into the SOURCES value for this key. The bucket is updated by
-        // compare-and-swap; statistics by atomic adds; the flags by a plain store (a race there
-        // can only mark a source one SYN late).
+        // compare-and-swap; statistics and flags by plain stores (a race there can only lose a
+        // count, or mark a source one SYN late, never admit more than the bucket allows).
         unsafe {
-            let gcra = decide::syn_limit(policy, &mut *st, storm_on());
-            atomic_add(&raw mut (*st).syns, 1);
-            (*st).last_seen = now;
+            let key = self.key;
+            let gcra = decide::syn_limit(policy, &mut *st, storm_on(), || {
+                BOUNCERS.get_ptr(key).is_some()
+            });
+            (*st).count_syn();
             if gcra_shared(&raw mut (*st).syn_tat, gcra, now) {
                 return RateOutcome::Admitted;
             }
@@ -467,7 +496,7 @@ impl SynEnv for KernelEnv<'_> {
         // this program run. The offence window takes plain stores (a race there can only shift
         // a ban by one drop).
         unsafe {
-            atomic_add(&raw mut (*st).drops, 1);
+            (*st).count_drop();
             bans::record_rate_drop(&mut *st, now, policy)
         }
     }
@@ -479,6 +508,34 @@ impl SynEnv for KernelEnv<'_> {
             None => true,
         }
     }
+}
+
+/// Stores a penalty-box entry, keeping `BAN_FILTER` an upper bound of the keys per slot (the
+/// protocol is in `smtp_xdp_common::BAN_FILTER_SLOTS`). Two rounds at most: past them, one
+/// count too many (a lookup too many for the slot, never a missed ban).
+#[inline(always)]
+fn store_ban(key: &SourceKey, ban: &Ban) -> bool {
+    let Some(n) = BAN_FILTER.get_ptr_mut(smtp_xdp_common::ban_filter_slot(key)) else {
+        return false;
+    };
+    let mut round = 0;
+    while round < 2 {
+        atomic_add(n, 1);
+        if BANS.insert(key, ban, BPF_NOEXIST as u64).is_ok() {
+            return true;
+        }
+        atomic_add(n, u64::MAX);
+        if BANS.insert(key, ban, BPF_EXIST as u64).is_ok() {
+            return true;
+        }
+        round += 1;
+    }
+    atomic_add(n, 1);
+    if BANS.insert(key, ban, 0).is_ok() {
+        return true;
+    }
+    atomic_add(n, u64::MAX);
+    false
 }
 
 /// Whether the controller has declared a bounce storm.
@@ -602,11 +659,11 @@ fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     if env.allowlisted() {
         return;
     }
-    let Some(st) = env.state(true) else {
+    let Some(st) = env.bounce_state(true) else {
         return;
     };
     let now = now();
-    // SAFETY: `st` points into the SOURCES value for this key.
+    // SAFETY: `st` points into the BOUNCERS value for this key.
     let verdict = unsafe { decide::charge_bounces(&mut *st, policy, storm_on(), found, now) };
     if verdict == BounceVerdict::OverLimit {
         decide::bounce_over_limit(&mut env, policy, now);

@@ -834,7 +834,11 @@ impl Settings {
             "burst" => self.burst = parse_count("burst", value)?,
             "ports" => self.ports = units::parse_ports(value)?,
             "ipv4-prefix" => self.ipv4_prefix = units::parse_prefix("IPv4", value, 32)?,
-            "ipv6-prefix" => self.ipv6_prefix = units::parse_prefix("IPv6", value, 128)?,
+            // Source keys hold at most a /64 (eight bytes, see `SourceKey`).
+            "ipv6-prefix" => {
+                self.ipv6_prefix =
+                    units::parse_prefix("IPv6", value, smtp_xdp_common::MAX_IPV6_PREFIX)?
+            }
             "dry-run" => self.dry_run = units::parse_bool("dry-run", value)?,
             "ban-threshold" => {
                 self.ban_threshold = value.trim().parse().map_err(|_| ValueError::Other {

@@ -271,10 +271,7 @@ mod tests {
         Event {
             kind,
             reason: ban_reason::RATE,
-            key: SourceKey {
-                family: FAMILY_V4,
-                addr,
-            },
+            key: SourceKey::masked(FAMILY_V4, &addr, 32),
             ..Event::default()
         }
     }

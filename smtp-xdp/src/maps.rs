@@ -13,8 +13,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_xdp_common::{
-    names, port_flags, present, select, Ban, Counter, Meta, Policy, PortStats, SourceKey,
-    SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_PORTS,
+    names, port_flags, present, select, Ban, BounceState, Counter, Meta, Policy, PortStats,
+    SourceKey, SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_IPV6_PREFIX, MAX_PORTS,
 };
 use thiserror::Error;
 
@@ -30,9 +30,18 @@ pub enum MapsError {
     Cpus(String),
     #[error("{list} list is full ({entries} entries)")]
     ListFull { list: &'static str, entries: usize },
+    #[error("cannot map {name} into memory: {error}")]
+    Mmap {
+        name: &'static str,
+        error: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
+
+/// `bpf_map_update_elem` flags (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map {
@@ -77,13 +86,94 @@ pub struct ListCopy {
     pub v6: LpmTrie<MapData, [u8; 16], u32>,
 }
 
+/// `BAN_FILTER`, memory-mapped: per slot, an upper bound of the `BANS` keys hashing there
+/// (the protocol is in [`smtp_xdp_common::BAN_FILTER_SLOTS`]). Updated with atomic adds, as
+/// the kernel does, so no writer's count is lost.
+pub struct BanFilter {
+    /// Keeps the map (and so the mapping's object) alive.
+    _map: Array<MapData, u64>,
+    slots: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for BanFilter {}
+// SAFETY: as above.
+unsafe impl Sync for BanFilter {}
+
+impl BanFilter {
+    fn new(map: Array<MapData, u64>) -> Result<Self> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let len = smtp_xdp_common::BAN_FILTER_SLOTS as usize * std::mem::size_of::<u64>();
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array of `len` bytes (u64
+        // values are stored without padding); checked for failure below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        let slots = match std::ptr::NonNull::new(p.cast()) {
+            Some(s) if p != libc::MAP_FAILED => s,
+            _ => {
+                return Err(MapsError::Mmap {
+                    name: names::BAN_FILTER,
+                    error: std::io::Error::last_os_error(),
+                })
+            }
+        };
+        Ok(BanFilter {
+            _map: map,
+            slots,
+            len,
+        })
+    }
+
+    fn slot(&self, key: &SourceKey) -> &std::sync::atomic::AtomicU64 {
+        let i = smtp_xdp_common::ban_filter_slot(key) as usize;
+        // SAFETY: `i` < BAN_FILTER_SLOTS, inside the mapping, which lives as long as `self`.
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+
+    fn add(&self, key: &SourceKey) {
+        self.slot(key)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn sub(&self, key: &SourceKey) {
+        self.slot(key)
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The count of `key`'s slot.
+    pub fn count(&self, key: &SourceKey) -> u64 {
+        self.slot(key).load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for BanFilter {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len) };
+    }
+}
+
 /// All maps of one program instance.
 pub struct Maps {
     pub policy: Array<MapData, Policy>,
     pub select: Array<MapData, u32>,
     pub port_slots: Array<MapData, u32>,
     pub sources: HashMap<MapData, SourceKey, SourceState>,
+    /// Bounce state of the sources that sent bounces.
+    pub bouncers: HashMap<MapData, SourceKey, BounceState>,
     pub bans: HashMap<MapData, SourceKey, Ban>,
+    pub ban_filter: BanFilter,
     pub allow: [ListCopy; 2],
     pub deny: [ListCopy; 2],
     pub banned_nets_v4: LpmTrie<MapData, [u8; 4], Ban>,
@@ -147,7 +237,9 @@ impl Maps {
             select: take(s, names::SELECT)?,
             port_slots: take(s, names::PORT_SLOTS)?,
             sources: take(s, names::SOURCES)?,
+            bouncers: take(s, names::BOUNCERS)?,
             bans: take(s, names::BANS)?,
+            ban_filter: BanFilter::new(take(s, names::BAN_FILTER)?)?,
             allow: [
                 ListCopy {
                     v4: take(s, names::ALLOW_V4_A)?,
@@ -543,12 +635,39 @@ impl Maps {
         .map_err(map_err(names::BANNED_NETS_V4))
     }
 
+    /// Stores a per-source ban, keeping `BAN_FILTER` an upper bound of the keys per slot.
     pub fn ban_source(&mut self, key: &SourceKey, ban: &Ban) -> Result<()> {
-        self.bans.insert(key, ban, 0).map_err(map_err(names::BANS))
+        let errno = |e: &MapError| match e {
+            MapError::SyscallError(s) => s.io_error.raw_os_error(),
+            _ => None,
+        };
+        loop {
+            self.ban_filter.add(key);
+            match self.bans.insert(key, ban, BPF_NOEXIST) {
+                Ok(()) => return Ok(()),
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    self.ban_filter.sub(key);
+                    return Err(map_err(names::BANS)(e));
+                }
+            }
+            // The key was there: its count is its inserter's. Replace it, unless it vanished
+            // meanwhile (then start over).
+            self.ban_filter.sub(key);
+            match self.bans.insert(key, ban, BPF_EXIST) {
+                Ok(()) => return Ok(()),
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(names::BANS)(e)),
+            }
+        }
     }
 
     pub fn unban_source(&mut self, key: &SourceKey) -> Result<bool> {
-        remove_existing(self.bans.remove(key)).map_err(map_err(names::BANS))
+        let removed = remove_existing(self.bans.remove(key)).map_err(map_err(names::BANS))?;
+        if removed {
+            self.ban_filter.sub(key);
+        }
+        Ok(removed)
     }
 
     /// Removes bans that are over (under the lists lock, like every writer of the tries):
@@ -734,6 +853,21 @@ impl Maps {
             .insert(key, st, 0)
             .map_err(map_err(names::SOURCES))
     }
+
+    /// The bounce state of a source that sent bounces.
+    pub fn bouncer(&self, key: &SourceKey) -> Result<Option<BounceState>> {
+        match self.bouncers.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::BOUNCERS)(e)),
+        }
+    }
+
+    pub fn set_bouncer(&mut self, key: &SourceKey, st: &BounceState) -> Result<()> {
+        self.bouncers
+            .insert(key, st, 0)
+            .map_err(map_err(names::BOUNCERS))
+    }
 }
 
 /// The layout number in the pinned `META[0]` of `dir`, whatever size META has there: a build
@@ -858,12 +992,13 @@ fn v6_net(data: [u8; 16], prefix: u32) -> IpNet {
 
 /// The network a source key stands for (its address with the prefix it was masked to).
 pub fn key_net(key: &SourceKey, policy: Option<&Policy>) -> IpNet {
-    if key.family == FAMILY_V4 {
+    let addr = key.addr();
+    if key.family() == FAMILY_V4 {
         let prefix = policy.map_or(32, |p| p.ipv4_prefix);
-        v4_net([key.addr[0], key.addr[1], key.addr[2], key.addr[3]], prefix)
+        v4_net([addr[0], addr[1], addr[2], addr[3]], prefix)
     } else {
-        let prefix = policy.map_or(64, |p| p.ipv6_prefix);
-        v6_net(key.addr, prefix)
+        let prefix = policy.map_or(MAX_IPV6_PREFIX, |p| p.ipv6_prefix.min(MAX_IPV6_PREFIX));
+        v6_net(addr, prefix)
     }
 }
 

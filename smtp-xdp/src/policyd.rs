@@ -20,9 +20,9 @@ use tokio::{
 };
 
 use smtp_xdp_common::{
-    bans,
+    bans, bounce_flags,
     decide::{self, BanEnv, BounceVerdict},
-    event_kind, source_flags, Ban, Counter, Event, Policy, SourceKey, SourceState, UserCounter,
+    event_kind, Ban, Counter, Event, Policy, SourceKey, UserCounter,
 };
 
 pub use crate::listener::{bind, Bound};
@@ -518,17 +518,16 @@ pub fn record_bounce(
     let mut over_limit = false;
     let mut bounces = 0;
     if what.count || what.charge {
-        let mut st = maps.source(&key)?.unwrap_or_else(SourceState::default);
+        let mut st = maps.bouncer(&key)?.unwrap_or_default();
         if what.count {
-            decide::count_bounces(&mut st, 1, now);
+            decide::count_bounces(&mut st, 1);
         }
         if what.charge {
-            st.last_seen = now;
             over_limit = decide::charge_bounce_bucket(&mut st, policy, storm, now)
                 == BounceVerdict::OverLimit;
         }
-        bounces = st.bounces;
-        maps.set_source(&key, &st)?;
+        bounces = st.bounces as u64;
+        maps.set_bouncer(&key, &st)?;
         if what.count {
             maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
         }
@@ -552,8 +551,8 @@ pub fn record_bounce(
         && env.trusted(now)
         && env
             .maps
-            .source(&key)?
-            .is_some_and(|st| st.flags & source_flags::BOUNCE_OVER != 0);
+            .bouncer(&key)?
+            .is_some_and(|st| st.flags & bounce_flags::BOUNCE_OVER != 0);
     events.append(&mut env.events);
     Ok(Recorded {
         over_limit,

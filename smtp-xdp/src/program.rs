@@ -18,6 +18,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "smtp_xdp";
 /// A program that passes everything, loaded by the benchmarks as a baseline.
 pub const PASS_PROGRAM: &str = "xdp_pass";
+/// A program that drops everything: the floor of the benchmarks' driver path.
+pub const DROP_PROGRAM: &str = "xdp_drop";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -85,11 +87,17 @@ impl Default for LoadOptions<'_> {
     }
 }
 
+/// Entries of `BOUNCERS` for a per-source table of `max_sources`: a sixteenth, at least 64.
+pub fn bouncers_capacity(max_sources: u32) -> u32 {
+    (max_sources / smtp_xdp_common::SOURCES_PER_BOUNCER).max(smtp_xdp_common::MIN_BOUNCERS)
+}
+
 /// Creates (or adopts pinned) maps and loads `programs` through the verifier.
 pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::SOURCES, opts.max_sources)
+        .map_max_entries(names::BOUNCERS, bouncers_capacity(opts.max_sources))
         .map_max_entries(names::BANS, opts.max_bans)
         .map_max_entries(names::CROWDSEC_V4, opts.max_decisions)
         .map_max_entries(names::CROWDSEC_V6, opts.max_decisions);

@@ -6,7 +6,7 @@ use std::{cmp::Reverse, collections::BinaryHeap};
 use aya::maps::{HashMap, MapData};
 use serde::Serialize;
 use smtp_xdp_common::{
-    ban_flags, Counter, Meta, Policy, PortStats, SourceKey, SourceState, UserCounter,
+    ban_flags, BounceState, Counter, Meta, Policy, PortStats, SourceKey, SourceState, UserCounter,
 };
 
 use crate::maps::{BanTarget, Maps, MapsError};
@@ -212,14 +212,39 @@ pub enum Rank {
 #[derive(Clone, Debug, Default)]
 pub struct Census {
     pub tracked: u64,
-    pub top: Vec<(SourceKey, SourceState)>,
+    pub top: Vec<(SourceKey, SourceTotals)>,
+}
+
+/// What the tables hold about one source: its statistics from `SOURCES` and `BOUNCERS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceTotals {
+    pub syns: u64,
+    pub drops: u64,
+    pub bounces: u64,
+    /// The latest of its buckets' theoretical arrival times (boot clock): at least the time of
+    /// its last admitted SYN or charged bounce plus one interval. The tables keep no separate
+    /// last-seen time (it would cost every source 8 bytes of kernel memory).
+    pub seen: u64,
+}
+
+impl SourceTotals {
+    fn add_source(&mut self, s: &SourceState) {
+        self.syns = s.syns as u64;
+        self.drops = s.drops as u64;
+        self.seen = self.seen.max(s.syn_tat);
+    }
+
+    fn add_bouncer(&mut self, b: &BounceState) {
+        self.bounces = b.bounces as u64;
+        self.seen = self.seen.max(b.bounce_tat);
+    }
 }
 
 /// A source competing for the top `k`, ordered by score (then key, for a stable order).
 struct Candidate {
     score: (u64, u64),
     key: SourceKey,
-    state: SourceState,
+    totals: SourceTotals,
 }
 
 impl PartialEq for Candidate {
@@ -239,46 +264,75 @@ impl Ord for Candidate {
     }
 }
 
+/// The census of `sources`; `bouncers` completes the top entries (and is walked itself when
+/// ranking by bounces).
 pub fn census(
     sources: &HashMap<MapData, SourceKey, SourceState>,
+    bouncers: Option<&HashMap<MapData, SourceKey, BounceState>>,
     now: u64,
     k: usize,
     rank: Rank,
     recent_ns: u64,
 ) -> Census {
-    let score = |s: &SourceState| match rank {
-        Rank::Drops => (s.drops, s.syns),
-        Rank::Syns => (s.syns, s.drops),
-        Rank::Bounces => (s.bounces, s.drops),
+    let score = |t: &SourceTotals| match rank {
+        Rank::Drops => (t.drops, t.syns),
+        Rank::Syns => (t.syns, t.drops),
+        Rank::Bounces => (t.bounces, t.drops),
     };
     // A min-heap of the best k so far: memory stays bounded by k.
     let mut heap: BinaryHeap<Reverse<Candidate>> = BinaryHeap::new();
-    let mut tracked = 0;
-    // An entry can be evicted between the key walk and its lookup; such errors are skipped.
-    for (key, state) in sources.iter().flatten() {
-        tracked += 1;
-        if k == 0 || now.saturating_sub(state.last_seen) > recent_ns {
-            continue;
+    let mut offer = |key: SourceKey, totals: SourceTotals| {
+        if k == 0 || now.saturating_sub(totals.seen) > recent_ns {
+            return;
         }
-        let sc = score(&state);
+        let sc = score(&totals);
         // Ranked by drops, a source without drops is no offender (and so on).
         if sc.0 == 0 {
-            continue;
+            return;
         }
         heap.push(Reverse(Candidate {
             score: sc,
             key,
-            state,
+            totals,
         }));
         if heap.len() > k {
             heap.pop();
         }
+    };
+    let mut tracked = 0;
+    // An entry can be evicted between the key walk and its lookup; such errors are skipped.
+    for (key, state) in sources.iter().flatten() {
+        tracked += 1;
+        if rank != Rank::Bounces {
+            let mut t = SourceTotals::default();
+            t.add_source(&state);
+            offer(key, t);
+        }
+    }
+    if rank == Rank::Bounces {
+        for (key, b) in bouncers.into_iter().flat_map(|m| m.iter().flatten()) {
+            let mut t = SourceTotals::default();
+            t.add_bouncer(&b);
+            if let Ok(s) = sources.get(&key, 0) {
+                t.add_source(&s);
+            }
+            offer(key, t);
+        }
     }
     let mut top: Vec<Candidate> = heap.into_iter().map(|Reverse(c)| c).collect();
     top.sort_by(|a, b| b.cmp(a));
+    if rank != Rank::Bounces {
+        if let Some(bouncers) = bouncers {
+            for c in &mut top {
+                if let Ok(b) = bouncers.get(&c.key, 0) {
+                    c.totals.add_bouncer(&b);
+                }
+            }
+        }
+    }
     Census {
         tracked,
-        top: top.into_iter().map(|c| (c.key, c.state)).collect(),
+        top: top.into_iter().map(|c| (c.key, c.totals)).collect(),
     }
 }
 
@@ -291,7 +345,7 @@ pub fn rows(census: &Census, policy: Option<&Policy>, now: u64) -> Vec<SourceRow
             syns: s.syns,
             drops: s.drops,
             bounces: s.bounces,
-            idle_secs: now.saturating_sub(s.last_seen) / 1_000_000_000,
+            idle_secs: now.saturating_sub(s.seen) / 1_000_000_000,
         })
         .collect()
 }

@@ -81,8 +81,15 @@ impl Kernel {
 
     pub fn load_with(settings: &Settings, opts: &LoadOptions<'_>) -> Self {
         settings.validate().expect("test settings are valid");
-        let mut ebpf = program::load(opts, &[program::PROGRAM, program::PASS_PROGRAM])
-            .unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
+        let mut ebpf = program::load(
+            opts,
+            &[
+                program::PROGRAM,
+                program::PASS_PROGRAM,
+                program::DROP_PROGRAM,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.set_policy(&settings.policy()).expect("set policy");
         Kernel { ebpf, maps }

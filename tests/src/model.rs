@@ -15,14 +15,15 @@ use smtp_xdp_common::{
     event_kind,
     limiter::Gcra,
     parse::{self, Segment, Skip},
-    port_flags, Ban, Counter, Policy, PortStats, SourceKey, SourceState, Trust, FAMILY_V4,
-    MAX_PORTS, SCAN_WINDOW,
+    port_flags, Ban, BounceState, Counter, Policy, PortStats, SourceKey, SourceState, Trust,
+    FAMILY_V4, MAX_PORTS, SCAN_WINDOW,
 };
 
 pub struct Model {
     pub policy: Policy,
     pub port_slots: HashMap<u16, u32>,
     pub sources: HashMap<SourceKey, SourceState>,
+    pub bouncers: HashMap<SourceKey, BounceState>,
     pub bans: HashMap<SourceKey, Ban>,
     pub max_bans: usize,
     pub allow: Vec<IpNet>,
@@ -59,6 +60,7 @@ impl Model {
             policy,
             port_slots,
             sources: HashMap::new(),
+            bouncers: HashMap::new(),
             bans: HashMap::new(),
             max_bans,
             allow: Vec::new(),
@@ -150,9 +152,9 @@ impl Model {
         if env.allowlisted() {
             return;
         }
-        env.state_or_create();
+        env.bouncer_or_create();
         let storm = self.storm;
-        let st = self.sources.get_mut(&key).expect("created");
+        let st = self.bouncers.get_mut(&key).expect("created");
         if decide::charge_bounces(st, policy, storm, found, now) == BounceVerdict::OverLimit {
             let mut env = Env {
                 m: self,
@@ -204,6 +206,10 @@ impl Env<'_> {
             self.m.count(Counter::SourcesCreated, 1);
         }
     }
+
+    fn bouncer_or_create(&mut self) {
+        self.m.bouncers.entry(self.key).or_default();
+    }
 }
 
 impl BanEnv for Env<'_> {
@@ -251,21 +257,13 @@ impl SynEnv for Env<'_> {
         longest_match_active(&self.m.crowdsec, addr(self.seg), now)
     }
 
-    fn note_banned_syn(&mut self, now: u64) {
-        if let Some(st) = self.m.sources.get_mut(&self.key) {
-            st.syns += 1;
-            st.drops += 1;
-            st.last_seen = now;
-        }
-    }
-
     fn source_rate(&mut self, policy: &Policy, now: u64) -> RateOutcome {
         self.state_or_create();
         let storm = self.m.storm;
+        let bouncer = self.m.bouncers.contains_key(&self.key);
         let st = self.m.sources.get_mut(&self.key).expect("created");
-        let gcra = decide::syn_limit(policy, st, storm);
-        st.syns += 1;
-        st.last_seen = now;
+        let gcra = decide::syn_limit(policy, st, storm, || bouncer);
+        st.count_syn();
         match gcra.admit(st.syn_tat, now) {
             Some(t) => {
                 st.syn_tat = t;
@@ -277,7 +275,7 @@ impl SynEnv for Env<'_> {
 
     fn record_rate_drop(&mut self, policy: &Policy, now: u64) -> Offence {
         let st = self.m.sources.get_mut(&self.key).expect("charged first");
-        st.drops += 1;
+        st.count_drop();
         bans::record_rate_drop(st, now, policy)
     }
 

@@ -211,7 +211,7 @@ fn with_batv_the_kernel_only_counts_and_the_policy_service_charges() {
     }
     // Counted (totals, the source's own count), never charged or banned: a valid bounce must
     // never move its relay towards a ban, and only the policy service can tell.
-    let st = k.maps.source(&key).unwrap().expect("tracked");
+    let st = k.maps.bouncer(&key).unwrap().expect("tracked");
     assert_eq!((st.bounces, st.bounce_tat), (100, 0));
     assert_eq!(k.counter(Counter::BansBounces), 0);
     assert_eq!(k.run(&Frame::syn(relay, 25).build()), XDP_PASS);
@@ -250,7 +250,7 @@ fn with_batv_the_kernel_only_counts_and_the_policy_service_charges() {
     assert!(second.over_limit && second.banned.is_some());
     assert_eq!(k.run(&Frame::syn(relay, 25).build()), XDP_DROP);
     assert_eq!(
-        k.maps.source(&key).unwrap().unwrap().bounces,
+        k.maps.bouncer(&key).unwrap().unwrap().bounces,
         100,
         "not counted twice"
     );
@@ -291,7 +291,7 @@ fn trusted_relays_are_counted_over_the_limits_and_never_banned() {
     let trust = smtp_xdp_common::Trust {
         until: now + 3_600_000_000_000,
         since: now,
-        addr: key.addr,
+        addr: key.addr(),
         score: -5,
         _reserved: 0,
     };

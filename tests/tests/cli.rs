@@ -42,7 +42,7 @@ fn bad_run_arguments_are_refused_in_one_line() {
     );
     fails_with(
         &["run", "--ipv6-prefix", "129", "--config", "/dev/null"],
-        "command line: ipv6-prefix: invalid IPv6 prefix length \"129\": use a number from 1 to 128",
+        "command line: ipv6-prefix: invalid IPv6 prefix length \"129\": use a number from 1 to 64",
     );
     fails_with(
         &["run", "--burst", "0", "--config", "/dev/null"],

@@ -101,7 +101,7 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
         let t = Trust {
             until: if i == 0 { now } else { now + 3_600_000_000_000 },
             since: now,
-            addr: key.addr,
+            addr: key.addr(),
             score: -5,
             _reserved: 0,
         };
@@ -187,9 +187,22 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
             .unwrap()
             .expect("source tracked by the kernel too");
         assert_eq!(
-            (ks.syns, ks.drops, ks.bounces, ks.window_drops, ks.flags),
-            (ms.syns, ms.drops, ms.bounces, ms.window_drops, ms.flags),
+            (ks.syns, ks.drops, ks.window_drops, ks.flags),
+            (ms.syns, ms.drops, ms.window_drops, ms.flags),
             "seed {seed}: source {}",
+            key_net(key, Some(&policy))
+        );
+    }
+    for (key, mb) in &m.bouncers {
+        let kb = k
+            .maps
+            .bouncer(key)
+            .unwrap()
+            .expect("bounce sender tracked by the kernel too");
+        assert_eq!(
+            (kb.bounces, kb.flags),
+            (mb.bounces, mb.flags),
+            "seed {seed}: bounce sender {}",
             key_net(key, Some(&policy))
         );
     }

@@ -212,10 +212,7 @@ fn a_state_save_killed_half_way_never_corrupts_the_file() {
         for i in 0..20_000u32 {
             let mut addr = [0u8; 16];
             addr[..4].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
-            let key = SourceKey {
-                family: FAMILY_V4,
-                addr,
-            };
+            let key = SourceKey::masked(FAMILY_V4, &addr, 32);
             let b = Ban {
                 until: now + 3_600_000_000_000,
                 since: now,

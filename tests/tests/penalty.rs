@@ -308,3 +308,65 @@ fn empty_tries_are_skipped_and_never_skipped_when_filled() {
     k.maps.sweep_bans(clock::boot_ns(), 0, 1024).unwrap();
     assert_eq!(k.maps.present().unwrap(), 0, "swept to empty");
 }
+
+/// `BAN_FILTER` lets a SYN skip the penalty-box lookup only when no key of its slot is banned:
+/// every writer (the kernel's bans, userspace bans, replacements, removals) keeps the slot's
+/// count at least the number of its keys, and a removal brings it back to 0.
+#[test]
+fn the_ban_filter_counts_every_ban_once() {
+    require_bpf!();
+    let s = Settings {
+        ban_threshold: 2,
+        ban_time: units::Duration::secs(3600),
+        ..slow_settings(1)
+    };
+    let mut k = Kernel::load(&s);
+    let policy = k.policy();
+    let kernel_src = "198.18.31.1";
+    let user_src = "198.18.31.2";
+    let kernel_key = addr_key(kernel_src.parse().unwrap(), &policy);
+    let user_key = addr_key(user_src.parse().unwrap(), &policy);
+    assert_eq!(k.maps.ban_filter.count(&kernel_key), 0);
+    // A ban the kernel issues counts once.
+    assert_eq!(k.run(&syn(kernel_src)), XDP_PASS);
+    for _ in 0..2 {
+        assert_eq!(k.run(&syn(kernel_src)), XDP_DROP);
+    }
+    assert_eq!(k.counter(Counter::BansRate), 1);
+    assert_eq!(k.maps.ban_filter.count(&kernel_key), 1);
+    assert_eq!(k.run(&syn(kernel_src)), XDP_DROP);
+    // A ban from userspace counts once, and replacing it does not count it again.
+    let now = clock::boot_ns();
+    for _ in 0..3 {
+        k.maps
+            .ban_source(&user_key, &Ban::manual(now, 3_600_000_000_000))
+            .unwrap();
+    }
+    assert_eq!(k.maps.ban_filter.count(&user_key), 1);
+    let before = k.counter(Counter::DropBan);
+    assert_eq!(k.run(&syn(user_src)), XDP_DROP);
+    assert_eq!(k.counter(Counter::DropBan), before + 1);
+    // Replacing the kernel's ban from userspace keeps its count.
+    k.maps
+        .ban_source(&kernel_key, &Ban::manual(now, 3_600_000_000_000))
+        .unwrap();
+    assert_eq!(k.maps.ban_filter.count(&kernel_key), 1);
+    // Removed: the slots are empty again, and the sources are admitted.
+    assert!(k.maps.unban_source(&kernel_key).unwrap());
+    assert!(k.maps.unban_source(&user_key).unwrap());
+    assert!(!k.maps.unban_source(&user_key).unwrap(), "removed once");
+    assert_eq!(k.maps.ban_filter.count(&kernel_key), 0);
+    assert_eq!(k.maps.ban_filter.count(&user_key), 0);
+    assert_eq!(k.run(&syn(user_src)), XDP_PASS);
+    // A kernel re-ban over an expired entry (escalation) replaces it: still one count.
+    k.maps
+        .ban_source(&kernel_key, &Ban::manual(now - 10, 1))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..4 {
+        k.run(&syn(kernel_src));
+    }
+    let ban = k.maps.bans.get(&kernel_key, 0).expect("banned again");
+    assert_eq!(ban.reason, ban_reason::RATE);
+    assert_eq!(k.maps.ban_filter.count(&kernel_key), 1);
+}

@@ -67,7 +67,7 @@ fn tracked_sources(inst: &Instance, now: u64) -> (u64, &'static str) {
             .unwrap_or(0);
         return (n, "census");
     }
-    let census = stats::census(&inst.maps.sources, now, 0, stats::Rank::Drops, 0);
+    let census = stats::census(&inst.maps.sources, None, now, 0, stats::Rank::Drops, 0);
     (census.tracked, "walk")
 }
 
@@ -285,7 +285,14 @@ pub fn top(target: &Target, count: usize, by: Rank, json: bool) -> anyhow::Resul
     let inst = Instance::open(target)?;
     let now = clock::boot_ns();
     let policy = inst.maps.policy()?;
-    let census = stats::census(&inst.maps.sources, now, count.min(10_000), rank, u64::MAX);
+    let census = stats::census(
+        &inst.maps.sources,
+        Some(&inst.maps.bouncers),
+        now,
+        count.min(10_000),
+        rank,
+        u64::MAX,
+    );
     let rows = stats::rows(&census, policy.as_ref(), now);
     if json {
         return print_json(&serde_json::to_value(&rows)?);

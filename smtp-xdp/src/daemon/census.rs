@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{HashMap as AyaHashMap, MapData};
-use smtp_xdp_common::{names, Counter, SourceKey, SourceState, UserCounter};
+use smtp_xdp_common::{names, BounceState, Counter, SourceKey, SourceState, UserCounter};
 
 use super::shared::Shared;
 use crate::{clock, stats};
@@ -26,10 +26,22 @@ fn count_once(s: &Shared) -> Option<()> {
     let data = MapData::from_pin(s.dir.join(names::SOURCES)).ok()?;
     let map = aya::maps::Map::from_map_data(data).ok()?;
     let sources: AyaHashMap<MapData, SourceKey, SourceState> = map.try_into().ok()?;
+    let bouncers: Option<AyaHashMap<MapData, SourceKey, BounceState>> =
+        MapData::from_pin(s.dir.join(names::BOUNCERS))
+            .ok()
+            .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+            .and_then(|m| m.try_into().ok());
     let created = s.maps.lock().ok()?.counters().ok()?[Counter::SourcesCreated as usize];
     let k = s.settings.read().ok()?.top_offenders;
     let now = clock::boot_ns();
-    let census = stats::census(&sources, now, k, stats::Rank::Drops, 600 * 1_000_000_000);
+    let census = stats::census(
+        &sources,
+        bouncers.as_ref(),
+        now,
+        k,
+        stats::Rank::Drops,
+        600 * 1_000_000_000,
+    );
     // A walk of a table that changes under it (a flood inserting and evicting) can meet an
     // entry twice; the table never holds more than its capacity.
     let tracked = census.tracked.min(s.sources_capacity);

@@ -166,11 +166,11 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Event>, client: Opt
 /// The address an event is about (the key is masked to the counting prefix).
 fn event_addr(ev: &Event) -> IpAddr {
     let bytes = if ev.addr == [0; 16] {
-        ev.key.addr
+        ev.key.addr()
     } else {
         ev.addr
     };
-    addr_of(ev.key.family, &bytes)
+    addr_of(ev.key.family(), &bytes)
 }
 
 fn addr_of(family: u32, b: &[u8; 16]) -> IpAddr {
@@ -612,7 +612,9 @@ impl Service {
                 for (k, t) in &entries {
                     let soon = t.until.saturating_sub(now) <= refresh_before(t.until - t.since);
                     if t.holds(now) && soon {
-                        let seen = maps.source(k)?.is_some_and(|st| st.last_seen >= t.since);
+                        // Admitted since the answer (a SYN's time plus an interval is in its
+                        // bucket), or still sending: worth asking again.
+                        let seen = maps.source(k)?.is_some_and(|st| st.syn_tat > t.since);
                         if seen {
                             refresh.push((*k, *t));
                         }
@@ -629,7 +631,7 @@ impl Service {
             c.dnsbl_trusted = trusted;
         }
         for (key, t) in refresh {
-            let addr = addr_of(key.family, &t.addr);
+            let addr = addr_of(key.family(), &t.addr);
             // The cached answer ends with the trust: ask the lists again.
             self.cache.remove(&addr);
             self.start(addr, key);

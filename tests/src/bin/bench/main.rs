@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: smtp-xdp's benchmarks, side by side with what a mail operator
+//! `cargo xtask bench [--quick] [--only SECTION] [--repeat N] [--runs N]`: smtp-xdp's benchmarks, side by side with what a mail operator
 //! would use instead. The full run writes docs/benchmarks.md, docs/benchmarks.json and the SVG
 //! figures; `--quick` (CI) runs every benchmark briefly and writes nothing. `--only NAME` runs one
 //! benchmark and writes nothing, unless `--update` is given too: then it replaces that section
@@ -19,7 +19,7 @@ use std::{
 use aya::maps::IterableMap as _;
 use serde_json::json;
 use smtp_xdp::{config::Settings, maps::List, program, units::Rate};
-use smtp_xdp_common::{Ban, SourceKey, SourceState, FAMILY_V4};
+use smtp_xdp_common::{Ban, SourceKey, SourceState, FAMILY_V4, FAMILY_V6};
 use smtp_xdp_tests::{
     frames::Frame,
     lab::{sh, Lab},
@@ -44,10 +44,18 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
+    // `--repeat N` and `--runs N` override the section 1 and 2 sampling (short runs while
+    // working on the program; the report uses the defaults).
+    let number = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
     let mode = Mode {
         quick,
-        repeat: if quick { 20_000 } else { 1_000_000 },
-        runs: if quick { 1 } else { 7 },
+        repeat: number("--repeat").unwrap_or(if quick { 20_000 } else { 1_000_000 }),
+        runs: number("--runs").map_or(if quick { 1 } else { 7 }, |n| n.max(1) as usize),
     };
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut report = Report::new(quick);
@@ -423,10 +431,7 @@ fn scale(mode: &Mode, report: &mut Report) {
             for i in 0..n {
                 let mut addr = [0u8; 16];
                 addr[..4].copy_from_slice(&(0x0a00_0000u32 + i).to_be_bytes());
-                let key = SourceKey {
-                    family: FAMILY_V4,
-                    addr,
-                };
+                let key = SourceKey::masked(FAMILY_V4, &addr, 32);
                 k.maps
                     .sources
                     .insert(key, SourceState::default(), 0)
@@ -452,10 +457,65 @@ fn scale(mode: &Mode, report: &mut Report) {
         );
         arr.push(json!({"sources": n, "admitted_ns": a.median, "dropped_ns": d.median}));
     }
-    let _ = writeln!(md, "\nKernel memory per tracked source: {bytes_per_source:.0} bytes (the table's own accounting, `memlock` in its fdinfo, divided by its capacity; the LRU table is preallocated, so this is paid up front).\n");
+    let _ = writeln!(md, "\nKernel memory per tracked source in this table: {bytes_per_source:.0} bytes (the table's own accounting, `memlock` in its fdinfo, divided by its capacity; the LRU table is preallocated, so this is paid up front).\n");
+    let memory = memory_per_source(mode, &mut md);
     report.section(
         "scale",
         &md,
-        json!({"rows": arr, "bytes_per_source": bytes_per_source}),
+        json!({"rows": arr, "bytes_per_source": bytes_per_source, "memory": memory}),
     );
+}
+
+/// Kernel memory per tracked source, IPv4 and IPv6, for tables sized to 1,024 and 1,048,576
+/// sources and filled: `SOURCES` alone, and with the `BOUNCERS` table sized alongside.
+fn memory_per_source(mode: &Mode, md: &mut String) -> serde_json::Value {
+    let sizes: &[u32] = if mode.quick {
+        &[1 << 10, 1 << 14]
+    } else {
+        &[1 << 10, 1 << 20]
+    };
+    let _ = writeln!(md, "Kernel memory per tracked source, by table size (`--max-sources`), the table filled with sources of one family, from each map's own accounting (`memlock` in its fdinfo). The bounce table (`BOUNCERS`, a sixteenth of the size, at least 64 entries) is sized with it and holds state only for sources that sent bounces.\n");
+    let _ = writeln!(
+        md,
+        "| table size | family | SOURCES bytes per source | with BOUNCERS |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|");
+    let mut arr = Vec::new();
+    for &n in sizes {
+        for v6 in [false, true] {
+            let settings = Settings {
+                max_sources: n,
+                ..fast_settings()
+            };
+            let opts = smtp_xdp::program::LoadOptions {
+                max_sources: n,
+                ..Default::default()
+            };
+            let mut k = Kernel::load_with(&settings, &opts);
+            for i in 0..n {
+                let mut addr = [0u8; 16];
+                if v6 {
+                    addr[..2].copy_from_slice(&[0x20, 0x01]);
+                    addr[4..8].copy_from_slice(&i.to_be_bytes());
+                } else {
+                    addr[..4].copy_from_slice(&(0x0a00_0000u32 + i).to_be_bytes());
+                }
+                let family = if v6 { FAMILY_V6 } else { FAMILY_V4 };
+                let key = SourceKey::masked(family, &addr, 64);
+                k.maps
+                    .sources
+                    .insert(key, SourceState::default(), 0)
+                    .expect("fill");
+            }
+            let sources = memlock(k.maps.sources.map().fd().as_fd().as_raw_fd());
+            let bouncers = memlock(k.maps.bouncers.map().fd().as_fd().as_raw_fd());
+            let per = sources as f64 / n as f64;
+            let with = (sources + bouncers) as f64 / n as f64;
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let _ = writeln!(md, "| {n} | {family} | {per:.1} | {with:.1} |");
+            arr.push(json!({"capacity": n, "family": family, "sources_bytes_per_source": per, "with_bouncers": with}));
+        }
+    }
+    let _ = writeln!(md);
+    serde_json::Value::Array(arr)
 }
