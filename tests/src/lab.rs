@@ -67,7 +67,10 @@ impl Lab {
         let pid = std::process::id();
         let id = format!("{:x}{n:x}", pid % 0xfffff);
         let net = 1 + ((pid + n * 7) % 250);
-        let dir = std::env::temp_dir().join(format!("smtp-xdp-lab-{id}"));
+        if n == 1 {
+            sweep_dead_labs();
+        }
+        let dir = std::env::temp_dir().join(format!("{LAB_DIR_PREFIX}{id}"));
         std::fs::create_dir_all(&dir).expect("lab dir");
         let lab = Lab {
             server_ns: format!("sxs-{id}"),
@@ -85,6 +88,24 @@ impl Lab {
     }
 
     fn setup(&self) {
+        // Written before anything exists outside the directory: a test process killed with
+        // SIGKILL never drops its lab, and the next one cleans up after it from this.
+        let owned_client = if self.owns_client {
+            self.client_ns.as_str()
+        } else {
+            ""
+        };
+        std::fs::write(
+            self.dir.join(OWNER_FILE),
+            format!(
+                "{}\n{}\n{}\n{}\n",
+                std::process::id(),
+                self.server_ns,
+                owned_client,
+                self.server_if
+            ),
+        )
+        .expect("lab owner file");
         ip(&["netns", "add", &self.server_ns]);
         if self.owns_client {
             ip(&["netns", "add", &self.client_ns]);
@@ -671,30 +692,76 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let owned = [
-            Some(&self.server_ns),
-            self.owns_client.then_some(&self.client_ns),
-        ];
-        for ns in owned.into_iter().flatten() {
-            // Whatever still runs in the namespace (Postfix daemons, floods) goes first.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(p) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) on a process inside our own test namespace.
-                        unsafe { libc::kill(p, libc::SIGKILL) };
-                    }
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        teardown(
+            &self.server_ns,
+            self.owns_client.then_some(self.client_ns.as_str()),
+            &self.server_if,
+            &self.dir,
+        );
+    }
+}
+
+const LAB_DIR_PREFIX: &str = "smtp-xdp-lab-";
+/// In a lab's directory: the owning test process and what it created, a line each.
+const OWNER_FILE: &str = "owner";
+
+/// Tears down the labs of test processes that died without dropping them (SIGKILL, a stopped
+/// session): their namespaces, pins and lock files would stay on the machine for good.
+fn sweep_dead_labs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !e.file_name().to_string_lossy().starts_with(LAB_DIR_PREFIX) {
+            continue;
         }
-        // Pins of a controller that was killed rather than stopped, and its lock files.
-        let pins = Path::new(smtp_xdp::pins::PIN_ROOT).join(&self.server_if);
-        let _ = smtp_xdp::pins::remove(&pins);
-        for what in ["daemon", "lists"] {
-            let _ = std::fs::remove_file(
-                Path::new(smtp_xdp::pins::RUN_DIR).join(format!("{}.{what}.lock", self.server_if)),
+        let Ok(text) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let [pid, server_ns, client_ns, server_if] = lines[..] else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            teardown(
+                server_ns,
+                (!client_ns.is_empty()).then_some(client_ns),
+                server_if,
+                &dir,
             );
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Removes a lab's namespaces (killing what runs in them), the pins and lock files of a
+/// controller on its interface, and its directory.
+fn teardown(server_ns: &str, client_ns: Option<&str>, server_if: &str, dir: &Path) {
+    for ns in [Some(server_ns), client_ns].into_iter().flatten() {
+        // Whatever still runs in the namespace (Postfix daemons, floods) goes first.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) on a process inside our own test namespace.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    // Pins of a controller that was killed rather than stopped, and its lock files.
+    let pins = Path::new(smtp_xdp::pins::PIN_ROOT).join(server_if);
+    let _ = smtp_xdp::pins::remove(&pins);
+    for what in ["daemon", "lists"] {
+        let _ = std::fs::remove_file(
+            Path::new(smtp_xdp::pins::RUN_DIR).join(format!("{server_if}.{what}.lock")),
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

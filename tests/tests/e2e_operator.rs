@@ -121,6 +121,10 @@ fn a_failed_start_leaves_nothing_attached_or_pinned() {
         !smtp_xdp::pins::dir(&dummy).exists(),
         "a failed native attach leaves no pins"
     );
+    // Its lock file stays by design (see the README); the bridge goes with the lab, so does it.
+    let _ = std::fs::remove_file(
+        std::path::Path::new(smtp_xdp::pins::RUN_DIR).join(format!("{dummy}.daemon.lock")),
+    );
 
     // An unusable state directory is refused at start, in one line, before anything loads.
     let err = lab.run_controller_failing(&[], &["--state-dir", "/proc/sys"]);
