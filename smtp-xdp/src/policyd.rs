@@ -12,11 +12,8 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{
-        AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader,
-    },
-    sync::Semaphore,
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader,
 };
 
 use smtp_xdp_common::{
@@ -280,45 +277,18 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(bound: Bound, handler: Arc<dyn Handler>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let accepted = match &bound {
-            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| {
-                spawn_connection(s, peer.to_string(), &handler, &slots, limits);
-            }),
-            Bound::Unix(l) => l.accept().await.map(|(s, _)| {
-                spawn_connection(s, "unix".into(), &handler, &slots, limits);
-            }),
-        };
-        if let Err(e) = accepted {
-            // Out of descriptors and the like: back off instead of spinning.
-            tracing::warn!(error = %e, "policy accept failed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn spawn_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    sock: S,
-    peer: String,
-    handler: &Arc<dyn Handler>,
-    slots: &Arc<Semaphore>,
-    limits: Limits,
-) {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        handler.error();
-        tracing::warn!(
-            peer,
-            max = limits.max_connections,
-            "too many policy connections, refused"
-        );
-        return;
-    };
-    let handler = handler.clone();
-    tokio::spawn(async move {
-        serve_connection(sock, handler.as_ref(), &limits, &peer).await;
-        drop(permit);
-    });
+    let on_refused = handler.clone();
+    crate::listener::serve_each(
+        bound,
+        "policy",
+        limits.max_connections,
+        move || on_refused.error(),
+        move |sock, peer| {
+            let handler = handler.clone();
+            async move { serve_connection(sock, handler.as_ref(), &limits, &peer).await }
+        },
+    )
+    .await
 }
 
 /// What recording a bounce reported by Postfix did.

@@ -11,10 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use thiserror::Error;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    sync::Semaphore,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 pub use crate::listener::{bind, Bound};
 
@@ -293,45 +290,18 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(bound: Bound, handler: Arc<dyn Handler>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let accepted = match &bound {
-            Bound::Tcp(l) => l.accept().await.map(|(s, peer)| {
-                spawn_connection(s, peer.to_string(), &handler, &slots, limits);
-            }),
-            Bound::Unix(l) => l.accept().await.map(|(s, _)| {
-                spawn_connection(s, "unix".into(), &handler, &slots, limits);
-            }),
-        };
-        if let Err(e) = accepted {
-            // Out of descriptors and the like: back off instead of spinning.
-            tracing::warn!(error = %e, "socketmap accept failed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn spawn_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    sock: S,
-    peer: String,
-    handler: &Arc<dyn Handler>,
-    slots: &Arc<Semaphore>,
-    limits: Limits,
-) {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        handler.error();
-        tracing::warn!(
-            peer,
-            max = limits.max_connections,
-            "too many socketmap connections, refused"
-        );
-        return;
-    };
-    let handler = handler.clone();
-    tokio::spawn(async move {
-        serve_connection(sock, handler.as_ref(), &limits, &peer).await;
-        drop(permit);
-    });
+    let on_refused = handler.clone();
+    crate::listener::serve_each(
+        bound,
+        "socketmap",
+        limits.max_connections,
+        move || on_refused.error(),
+        move |sock, peer| {
+            let handler = handler.clone();
+            async move { serve_connection(sock, handler.as_ref(), &limits, &peer).await }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
