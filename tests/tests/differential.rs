@@ -85,17 +85,29 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
         }
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut pool = gen::Pool::new(&mut rng);
     // Trusted relays (DNS allowlist answers), identical on both sides; the first one's trust
-    // has already expired.
+    // has already expired. Fixed addresses outside every list and ban above (a random pick could
+    // land in all of them and leave trust unexercised), part of every source pool.
+    const TRUSTED_V4: [&str; 4] = [
+        "198.18.100.201",
+        "198.18.100.202",
+        "198.18.100.203",
+        "198.18.101.200",
+    ];
+    const TRUSTED_V6: [&str; 2] = ["2001:db8::5", "2001:db8:0:3::9"];
+    let new_pool = |rng: &mut StdRng| {
+        let mut pool = gen::Pool::new(rng);
+        for (slot, a) in pool.v4.iter_mut().zip(TRUSTED_V4) {
+            *slot = a.to_string();
+        }
+        for (slot, a) in pool.v6.iter_mut().zip(TRUSTED_V6) {
+            *slot = a.to_string();
+        }
+        pool
+    };
+    let mut pool = new_pool(&mut rng);
     let policy = s.policy();
-    for (i, a) in pool
-        .v4
-        .iter()
-        .take(4)
-        .chain(pool.v6.iter().take(2))
-        .enumerate()
-    {
+    for (i, a) in TRUSTED_V4.iter().chain(TRUSTED_V6.iter()).enumerate() {
         let ip: std::net::IpAddr = a.parse().unwrap();
         let key = addr_key(ip, &policy);
         let t = Trust {
@@ -115,7 +127,7 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
             // senders and newcomers, a tighter connection burst, on both sides.
             k.maps.set_storm(true).unwrap();
             m.storm = true;
-            pool = gen::Pool::new(&mut rng);
+            pool = new_pool(&mut rng);
         }
         if i == 2 * frames / 3 {
             // The storm ends: normal limits, newcomers' marks cleared as they come back.
