@@ -77,6 +77,55 @@ impl Segment {
     }
 }
 
+/// A parsed TCP segment before its source address is read: all a packet that is not for a
+/// protected port, or is neither a new connection nor a scanned command, ever needs. The XDP
+/// program reads the source (16 bytes to keep across a map lookup) only after those checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers {
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u32,
+    /// Offset of the IP source address in the frame.
+    pub src_offset: usize,
+    pub dst_port: u16,
+    pub flags: u8,
+    /// Offset of the TCP payload in the frame.
+    pub payload_offset: usize,
+    /// Payload length according to the IP header (Ethernet padding excluded).
+    pub payload_len: usize,
+}
+
+impl Headers {
+    /// A new connection: SYN set, ACK clear.
+    #[inline(always)]
+    pub fn is_new_connection(&self) -> bool {
+        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// The segment, with its source address read from `frame` (inside the IP header that
+    /// [`headers`] checked, so only a frame other than the one parsed can fail here).
+    #[inline(always)]
+    pub fn segment<F: Frame + ?Sized>(&self, frame: &F) -> Result<Segment, Skip> {
+        let mut src = [0u8; 16];
+        if self.family == crate::FAMILY_V4 {
+            let a = frame.load::<4>(self.src_offset).ok_or(Skip::Unparsed)?;
+            src[0] = a[0];
+            src[1] = a[1];
+            src[2] = a[2];
+            src[3] = a[3];
+        } else {
+            src = frame.load::<16>(self.src_offset).ok_or(Skip::Unparsed)?;
+        }
+        Ok(Segment {
+            family: self.family,
+            src,
+            dst_port: self.dst_port,
+            flags: self.flags,
+            payload_offset: self.payload_offset,
+            payload_len: self.payload_len,
+        })
+    }
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
@@ -85,6 +134,12 @@ fn be16(b: [u8; 2]) -> u16 {
 /// Parses a frame down to its TCP segment.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F) -> Result<Segment, Skip> {
+    headers(frame)?.segment(frame)
+}
+
+/// Parses a frame down to its TCP headers (everything but the source address).
+#[inline(always)]
+pub fn headers<F: Frame + ?Sized>(frame: &F) -> Result<Headers, Skip> {
     let mut off = 12usize;
     let mut ethertype = be16(frame.load::<2>(off).ok_or(Skip::Unparsed)?);
     off = ETH_HLEN;
@@ -104,7 +159,7 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Result<Segment, Skip> {
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Segment, Skip> {
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip> {
     let h = frame.load::<20>(off).ok_or(Skip::Unparsed)?;
     if h[0] >> 4 != 4 {
         return Err(Skip::Unparsed);
@@ -124,25 +179,18 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Segment, Skip>
     if total < ihl {
         return Err(Skip::Unparsed);
     }
-    let mut src = [0u8; 16];
-    src[0] = h[12];
-    src[1] = h[13];
-    src[2] = h[14];
-    src[3] = h[15];
     let l4 = off + ihl;
-    parse_tcp(frame, l4, total - ihl, crate::FAMILY_V4, src)
+    parse_tcp(frame, l4, total - ihl, crate::FAMILY_V4, off + 12)
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Segment, Skip> {
+fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip> {
     let h = frame.load::<40>(off).ok_or(Skip::Unparsed)?;
     if h[0] >> 4 != 6 {
         return Err(Skip::Unparsed);
     }
     let mut remaining = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
     let mut l4 = off + 40;
     let mut walked = 0;
     while walked < MAX_IPV6_EXT_HEADERS {
@@ -165,7 +213,7 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Segment, Skip>
         walked += 1;
     }
     match next {
-        IPPROTO_TCP => parse_tcp(frame, l4, remaining, crate::FAMILY_V6, src),
+        IPPROTO_TCP => parse_tcp(frame, l4, remaining, crate::FAMILY_V6, off + 8),
         IPPROTO_FRAGMENT | IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
             Err(Skip::Unparsed)
         }
@@ -179,8 +227,8 @@ fn parse_tcp<F: Frame + ?Sized>(
     l4: usize,
     l4_len: usize,
     family: u32,
-    src: [u8; 16],
-) -> Result<Segment, Skip> {
+    src_offset: usize,
+) -> Result<Headers, Skip> {
     if l4 > MAX_L4_OFFSET {
         return Err(Skip::Unparsed);
     }
@@ -189,9 +237,9 @@ fn parse_tcp<F: Frame + ?Sized>(
     if doff < 20 || doff > l4_len {
         return Err(Skip::Unparsed);
     }
-    Ok(Segment {
+    Ok(Headers {
         family,
-        src,
+        src_offset,
         dst_port: be16([t[2], t[3]]),
         flags: t[13],
         payload_offset: l4 + doff,

@@ -170,21 +170,26 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> (Counter, u32) {
-    let seg = match parse::parse(&Packet { ctx }) {
-        Ok(seg) => seg,
+    let frame = Packet { ctx };
+    let headers = match parse::headers(&frame) {
+        Ok(h) => h,
         Err(Skip::NotTcp) => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
         Err(Skip::Unparsed) => return (Counter::PassUnparsed, xdp_action::XDP_PASS),
     };
-    let port = match PORT_SLOTS.get(seg.dst_port as u32) {
+    let port = match PORT_SLOTS.get(headers.dst_port as u32) {
         Some(&p) if p != 0 => p,
         _ => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
     };
-    let syn = seg.is_new_connection();
-    let scan = !syn && port & port_flags::SCAN_BOUNCES != 0 && seg.payload_len != 0;
-    // Established traffic that is not scanned never needs the policy: pass it right away.
+    let syn = headers.is_new_connection();
+    let scan = !syn && port & port_flags::SCAN_BOUNCES != 0 && headers.payload_len != 0;
+    // Established traffic that is not scanned never needs the policy nor the source: pass it
+    // right away.
     if !syn && !scan {
         return (Counter::PassSmtpOther, xdp_action::XDP_PASS);
     }
+    let Ok(seg) = headers.segment(&frame) else {
+        return (Counter::PassUnparsed, xdp_action::XDP_PASS);
+    };
     let Some(policy) = POLICY.get(live(select::POLICY)) else {
         return (Counter::NoPolicy, xdp_action::XDP_PASS);
     };

@@ -26,10 +26,12 @@ use smtp_xdp_tests::{
     Kernel,
 };
 
-use report::{Report, Row};
+use report::{PathRow, Report, Row};
 
 /// The per-packet row the storm section prices XDP's refusals with.
 const BANNED_SYN: &str = "banned-source SYN";
+const BASELINE: &str = "trivial XDP_PASS program (baseline)";
+const XDP_FILTER: &str = "xdp-filter (xdp-tools) dropping the same SYN by source";
 
 struct Mode {
     quick: bool,
@@ -204,71 +206,83 @@ fn fast_settings() -> Settings {
     }
 }
 
-/// xdp-filter (xdp-tools) attached to a veth, denying the frame's source, run on the same frame
-/// with `bpftool prog run`.
-fn xdp_filter(frame: &[u8], mode: &Mode) -> Option<Row> {
-    // libxdp keeps its dispatcher state under /sys/fs/bpf/xdp; leave none behind.
-    let libxdp_dir = std::path::Path::new("/sys/fs/bpf/xdp");
-    let had_libxdp_dir = libxdp_dir.exists();
-    let row = xdp_filter_run(frame, mode);
-    if !had_libxdp_dir {
-        let _ = std::fs::remove_dir(libxdp_dir);
-    }
-    row
+/// xdp-filter (xdp-tools) attached to a veth in a lab of its own, denying one source; each
+/// sample runs its program (libxdp's dispatcher and xdp-filter behind it) on a frame with
+/// `bpftool prog run`, the same `BPF_PROG_TEST_RUN` as smtp-xdp's rows.
+struct XdpFilter {
+    lab: Lab,
+    id: String,
+    frame_file: std::path::PathBuf,
+    /// Whether libxdp's state directory existed before (it is removed again if not).
+    had_libxdp_dir: bool,
 }
 
-fn xdp_filter_run(frame: &[u8], mode: &Mode) -> Option<Row> {
-    let lab = Lab::new();
-    let load = Lab::in_net(
-        &lab.server_ns,
-        &[
-            "xdp-filter",
-            "load",
-            "--mode",
-            "native",
-            "--features",
-            "tcp,ipv4",
-            &lab.server_if,
-        ],
-    )
-    .output()
-    .ok()?;
-    if !load.status.success() {
-        eprintln!(
-            "bench: xdp-filter load failed: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        return None;
-    }
-    sh(&mut Lab::in_net(
-        &lab.server_ns,
-        &["xdp-filter", "ip", "198.18.0.7", "--mode", "src"],
-    ));
-    let link = String::from_utf8_lossy(
-        &lab.exec_server(&["ip", "-d", "link", "show", &lab.server_if])
-            .stdout,
-    )
-    .to_string();
-    let id = link
-        .split("prog/xdp id ")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
+impl XdpFilter {
+    fn load(frame: &[u8]) -> Option<Self> {
+        let had_libxdp_dir = std::path::Path::new(LIBXDP_DIR).exists();
+        let lab = Lab::new();
+        let load = Lab::in_net(
+            &lab.server_ns,
+            &[
+                "xdp-filter",
+                "load",
+                "--mode",
+                "native",
+                "--features",
+                "tcp,ipv4",
+                &lab.server_if,
+            ],
+        )
+        .output()
+        .ok()?;
+        // From here on, `Drop` unloads it.
+        let mut filter = XdpFilter {
+            lab,
+            id: String::new(),
+            frame_file: std::path::PathBuf::new(),
+            had_libxdp_dir,
+        };
+        if !load.status.success() {
+            eprintln!(
+                "bench: xdp-filter load failed: {}",
+                String::from_utf8_lossy(&load.stderr)
+            );
+            return None;
+        }
+        sh(&mut Lab::in_net(
+            &filter.lab.server_ns,
+            &["xdp-filter", "ip", "198.18.0.7", "--mode", "src"],
+        ));
+        let link = String::from_utf8_lossy(
+            &filter
+                .lab
+                .exec_server(&["ip", "-d", "link", "show", &filter.lab.server_if])
+                .stdout,
+        )
         .to_string();
-    let file = lab.path("frame.bin");
-    std::fs::write(&file, frame).ok()?;
-    let mut ns = Vec::new();
-    for _ in 0..mode.runs {
+        filter.id = link
+            .split("prog/xdp id ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_string();
+        filter.frame_file = filter.lab.path("frame.bin");
+        std::fs::write(&filter.frame_file, frame).ok()?;
+        Some(filter)
+    }
+
+    /// ns/packet of one `bpftool prog run` of `repeat` repetitions.
+    fn sample(&self, repeat: u32) -> Option<f64> {
         let out = Command::new("bpftool")
             .args([
                 "prog",
                 "run",
                 "id",
-                &id,
+                &self.id,
                 "data_in",
-                file.to_str()?,
+                self.frame_file.to_str()?,
                 "repeat",
-                &mode.repeat.to_string(),
+                &repeat.to_string(),
             ])
             .output()
             .ok()?;
@@ -278,26 +292,60 @@ fn xdp_filter_run(frame: &[u8], mode: &Mode) -> Option<Row> {
             text.contains("Return value: 1"),
             "xdp-filter did not drop: {text}"
         );
-        let d: f64 = text
-            .split("duration (average): ")
+        text.split("duration (average): ")
             .nth(1)?
             .split("ns")
             .next()?
             .trim()
             .parse()
-            .ok()?;
-        ns.push(d);
+            .ok()
     }
-    let _ = Lab::in_net(
-        &lab.server_ns,
-        &["xdp-filter", "unload", "--all", &lab.server_if],
-    )
-    .output();
-    ns.sort_by(|a, b| a.total_cmp(b));
-    Some(Row::from_samples(&ns))
 }
 
-/// Section 1: per-packet cost of each path, against a program that passes everything.
+/// libxdp keeps its dispatcher state here.
+const LIBXDP_DIR: &str = "/sys/fs/bpf/xdp";
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = Lab::in_net(
+            &self.lab.server_ns,
+            &["xdp-filter", "unload", "--all", &self.lab.server_if],
+        )
+        .output();
+        if !self.had_libxdp_dir {
+            let _ = std::fs::remove_dir(LIBXDP_DIR);
+        }
+    }
+}
+
+/// One path of section 1: a frame through a program of a loaded kernel, or xdp-filter.
+enum Path<'a> {
+    Program {
+        kernel: &'a Kernel,
+        program: &'static str,
+        frame: Vec<u8>,
+    },
+    XdpFilter(&'a XdpFilter),
+}
+
+impl Path<'_> {
+    fn sample(&self, repeat: u32) -> f64 {
+        match self {
+            Path::Program {
+                kernel,
+                program,
+                frame,
+            } => kernel.run_program(program, frame, repeat).1.as_nanos() as f64,
+            Path::XdpFilter(f) => f.sample(repeat).unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Section 1: per-packet cost of each path, against a program that passes everything and, for
+/// the SYN verdicts, against xdp-filter. The paths are sampled in interleaved rounds (each round
+/// runs every path once), and each ratio is the median of the ratios within a round: a shared
+/// VM's speed drifts by tens of percent over a run, and a ratio of two medians taken minutes
+/// apart would measure the drift.
 fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
     let slow = Settings {
         rate: Rate::per_hour(1),
@@ -305,90 +353,138 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
         ban_threshold: 0,
         ..Settings::default()
     };
+    // One kernel per state, so that no path pays for another's lists or bans.
     let fast = Kernel::load(&fast_settings());
-    let mut limited = Kernel::load(&slow);
-    let syn = Frame::syn("198.18.0.7", 25).build();
-    let baseline = measure(&fast, program::PASS_PROGRAM, &syn, mode);
-    let mut rows = vec![(
-        "trivial XDP_PASS program (baseline)".to_string(),
-        baseline.clone(),
-    )];
-    let p = program::PROGRAM;
-    rows.push((
-        "non-SMTP packet (TCP to port 443)".into(),
-        measure(&fast, p, &Frame::syn("198.18.0.7", 443).build(), mode),
-    ));
-    rows.push((
-        "port-25 segment of an established connection (ACK)".into(),
-        measure(&fast, p, &Frame::tcp("198.18.0.7", 25, 0x10).build(), mode),
-    ));
-    rows.push((
-        "port-25 message content (1000 bytes, not scanned)".into(),
-        measure(
-            &fast,
-            p,
-            &Frame::data("198.18.0.7", 25, &[b'x'; 1000]).build(),
-            mode,
-        ),
-    ));
-    rows.push((
-        "port-25 command, no bounce (MAIL FROM:<alice@example.org> SIZE=1000)".into(),
-        measure(
-            &fast,
-            p,
-            &Frame::data(
-                "198.18.0.7",
-                25,
-                b"MAIL FROM:<alice@example.org> SIZE=1000\r\n",
-            )
-            .build(),
-            mode,
-        ),
-    ));
-    rows.push(("admitted SYN".into(), measure(&fast, p, &syn, mode)));
-    rows.push(("rate-dropped SYN".into(), measure(&limited, p, &syn, mode)));
+    let limited = Kernel::load(&slow);
+    let mut banned = Kernel::load(&slow);
     let now = smtp_xdp::clock::boot_ns();
-    let key = smtp_xdp::maps::addr_key("198.18.0.9".parse().unwrap(), &limited.policy());
-    limited
+    let key = smtp_xdp::maps::addr_key("198.18.0.9".parse().unwrap(), &banned.policy());
+    banned
         .maps
         .ban_source(&key, &Ban::manual(now, 3_600_000_000_000))
         .expect("ban");
-    rows.push((
-        BANNED_SYN.into(),
-        measure(&limited, p, &Frame::syn("198.18.0.9", 25).build(), mode),
-    ));
-    limited
+    let mut denied = Kernel::load(&slow);
+    denied
         .maps
         .list_edit(List::Deny, &"198.18.0.11/32".parse().unwrap(), true)
         .expect("deny");
-    rows.push((
-        "denylisted SYN".into(),
-        measure(&limited, p, &Frame::syn("198.18.0.11", 25).build(), mode),
-    ));
     // A bounce on an allowlisted source: scanned and counted each time, never banned, so every
     // repetition takes the same path.
-    limited
+    let mut allowed = Kernel::load(&slow);
+    allowed
         .maps
         .list_edit(List::Allow, &"198.18.0.10/32".parse().unwrap(), true)
         .expect("allow");
-    rows.push((
-        "port-25 command with a bounce (MAIL FROM:<> SIZE=1000)".into(),
-        measure(
-            &limited,
-            p,
-            &Frame::data("198.18.0.10", 25, b"MAIL FROM:<> SIZE=1000\r\n").build(),
-            mode,
-        ),
-    ));
-    match xdp_filter(&syn, mode) {
-        Some(r) => rows.push((
-            "xdp-filter (xdp-tools) dropping the same SYN by source".into(),
-            r,
-        )),
-        None => eprintln!("bench: xdp-filter unavailable; left out"),
+    let syn = Frame::syn("198.18.0.7", 25).build();
+    let filter = XdpFilter::load(&syn);
+    if filter.is_none() {
+        eprintln!("bench: xdp-filter unavailable; left out");
     }
-    let bars = rows.iter().map(|(n, r)| (n.clone(), r.median)).collect();
-    report.per_packet(rows, baseline.median, mode.repeat, mode.runs);
+    let p = program::PROGRAM;
+    let on = |kernel, program, frame: Vec<u8>| Path::Program {
+        kernel,
+        program,
+        frame,
+    };
+    let mut paths: Vec<(String, Path)> = vec![
+        (
+            BASELINE.into(),
+            on(&fast, program::PASS_PROGRAM, syn.clone()),
+        ),
+        (
+            "non-SMTP packet (TCP to port 443)".into(),
+            on(&fast, p, Frame::syn("198.18.0.7", 443).build()),
+        ),
+        (
+            "port-25 segment of an established connection (ACK)".into(),
+            on(&fast, p, Frame::tcp("198.18.0.7", 25, 0x10).build()),
+        ),
+        (
+            "port-25 message content (1000 bytes, not scanned)".into(),
+            on(
+                &fast,
+                p,
+                Frame::data("198.18.0.7", 25, &[b'x'; 1000]).build(),
+            ),
+        ),
+        (
+            "port-25 command, no bounce (MAIL FROM:<alice@example.org> SIZE=1000)".into(),
+            on(
+                &fast,
+                p,
+                Frame::data(
+                    "198.18.0.7",
+                    25,
+                    b"MAIL FROM:<alice@example.org> SIZE=1000\r\n",
+                )
+                .build(),
+            ),
+        ),
+        ("admitted SYN".into(), on(&fast, p, syn.clone())),
+        ("rate-dropped SYN".into(), on(&limited, p, syn.clone())),
+        (
+            BANNED_SYN.into(),
+            on(&banned, p, Frame::syn("198.18.0.9", 25).build()),
+        ),
+        (
+            "denylisted SYN".into(),
+            on(&denied, p, Frame::syn("198.18.0.11", 25).build()),
+        ),
+        (
+            "port-25 command with a bounce (MAIL FROM:<> SIZE=1000)".into(),
+            on(
+                &allowed,
+                p,
+                Frame::data("198.18.0.10", 25, b"MAIL FROM:<> SIZE=1000\r\n").build(),
+            ),
+        ),
+    ];
+    if let Some(f) = &filter {
+        paths.push((XDP_FILTER.into(), Path::XdpFilter(f)));
+    }
+    // The rate-limited source is over its rate from its second SYN on: one warm-up run each.
+    for (_, path) in &paths {
+        path.sample(1000);
+    }
+    let mut samples = vec![Vec::with_capacity(mode.runs); paths.len()];
+    for _ in 0..mode.runs {
+        for (i, (_, path)) in paths.iter().enumerate() {
+            samples[i].push(path.sample(mode.repeat));
+        }
+    }
+    let filter_at = paths.iter().position(|(n, _)| n == XDP_FILTER);
+    let rows: Vec<PathRow> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let ratio = |to: usize| {
+                let mut r: Vec<f64> = samples[i]
+                    .iter()
+                    .zip(&samples[to])
+                    .map(|(a, b)| a / b)
+                    .filter(|r| r.is_finite())
+                    .collect();
+                r.sort_by(|a, b| a.total_cmp(b));
+                r.get(r.len() / 2).copied()
+            };
+            let mut ns: Vec<f64> = samples[i]
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
+            ns.sort_by(|a, b| a.total_cmp(b));
+            PathRow {
+                name: name.clone(),
+                ns: Row::from_samples(&ns),
+                to_pass: ratio(0).unwrap_or(0.0),
+                to_filter: filter_at
+                    .filter(|_| name.contains("SYN") || name == XDP_FILTER)
+                    .and_then(ratio),
+            }
+        })
+        .collect();
+    let bars = rows.iter().map(|r| (r.name.clone(), r.ns.median)).collect();
+    report.per_packet(rows, mode.repeat, mode.runs);
     bars
 }
 

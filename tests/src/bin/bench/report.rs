@@ -23,6 +23,14 @@ impl Row {
     }
 }
 
+/// One path of section 1: its ns/packet and its ratios (medians of per-round ratios).
+pub struct PathRow {
+    pub name: String,
+    pub ns: Row,
+    pub to_pass: f64,
+    pub to_filter: Option<f64>,
+}
+
 pub struct Report {
     quick: bool,
     md: String,
@@ -95,51 +103,32 @@ impl Report {
         }
     }
 
-    pub fn per_packet(
-        &mut self,
-        rows: Vec<(String, Row)>,
-        baseline: f64,
-        repeat: u32,
-        runs: usize,
-    ) {
+    pub fn per_packet(&mut self, rows: Vec<PathRow>, repeat: u32, runs: usize) {
         let md = &mut self.md;
         let _ = writeln!(md, "## 1. Per-packet cost\n");
         let _ = writeln!(
             md,
-            "`BPF_PROG_TEST_RUN` with `repeat` = {repeat}, median of {runs} runs, JIT on. The same frame is run through smtp-xdp's program and through a program that only returns XDP_PASS.\n"
+            "`BPF_PROG_TEST_RUN` with `repeat` = {repeat}, JIT on. The same frame is run through smtp-xdp's program, through a program that only returns XDP_PASS and, for the SYN verdicts, through xdp-filter (`bpftool prog run` on its dispatcher). Every path is sampled once per round, {runs} rounds; ns/packet is the median over the rounds (min–max beside it), and each ratio is the median of the ratios within a round, so that the VM's drift over the run does not enter them.\n"
         );
         let _ = writeln!(
             md,
             "| path | ns/packet (median) | min–max | × XDP_PASS | × xdp-filter |"
         );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        // xdp-filter, measured in the same run, prices the SYN verdicts.
-        let filter = rows
-            .iter()
-            .find(|(n, _)| n.starts_with("xdp-filter"))
-            .map(|(_, r)| r.median);
         let mut arr = Vec::new();
-        for (name, r) in &rows {
-            let ratio = if baseline > 0.0 {
-                r.median / baseline
-            } else {
-                0.0
-            };
-            let to_filter = filter
-                .filter(|f| *f > 0.0 && name.contains("SYN"))
-                .map(|f| r.median / f);
-            let cell = to_filter.map_or(String::new(), |x| format!("{x:.2}"));
+        for r in &rows {
+            let cell = r.to_filter.map_or(String::new(), |x| format!("{x:.2}"));
             let _ = writeln!(
                 md,
-                "| {name} | {:.0} | {:.0}–{:.0} | {ratio:.2} | {cell} |",
-                r.median, r.min, r.max
+                "| {} | {:.0} | {:.0}–{:.0} | {:.2} | {cell} |",
+                r.name, r.ns.median, r.ns.min, r.ns.max, r.to_pass
             );
-            arr.push(json!({"path": name, "ns_median": r.median, "ns_min": r.min, "ns_max": r.max, "ratio_to_pass": ratio, "ratio_to_xdp_filter": to_filter}));
+            arr.push(json!({"path": r.name, "ns_median": r.ns.median, "ns_min": r.ns.min, "ns_max": r.ns.max, "ratio_to_pass": r.to_pass, "ratio_to_xdp_filter": r.to_filter}));
         }
         let _ = writeln!(md);
         self.json.insert(
             "per_packet".into(),
-            json!({"repeat": repeat, "runs": runs, "rows": arr}),
+            json!({"repeat": repeat, "runs": runs, "paired_rounds": true, "rows": arr}),
         );
     }
 
