@@ -504,7 +504,7 @@ impl Collector for Exporter {
         counter(
             &mut enc,
             "dnsbl_lookups_dropped",
-            "DNS list lookups not made: the queue was full or the lookup rate spent.",
+            "DNS list lookups not made: the queue was full, or the source waited too long or among too many for the lookup rate.",
             s.user(UserCounter::DnsblDropped),
         )?;
         counter(

@@ -7,12 +7,15 @@
 //!
 //! Bounded everywhere: events come through a bounded channel ([`super::shared::Suspects`]),
 //! at most [`MAX_IN_FLIGHT`] lookups run at once, deduplicated per address, started at most
-//! [`LOOKUPS_PER_SEC`] a second (beyond: dropped and counted), and answers are cached (positive
-//! and negative) in at most [`MAX_CACHED`] entries. A lookup that gets no answer (resolver down,
-//! SERVFAIL, timeout) decides nothing: no ban, no exemption, a counter and a rate-limited line.
+//! [`LOOKUPS_PER_SEC`] a second, and answers are cached (positive and negative) in at most
+//! [`MAX_CACHED`] entries. A source that cannot be asked at once waits, newest first, among at
+//! most [`WAITING`] others for [`WAITING_MAX_AGE`] at most (beyond: dropped and counted): after a
+//! spoofed flood, the real flooder that comes last is asked first, not never. A lookup that
+//! gets no answer (resolver down, SERVFAIL, timeout) decides nothing: no ban, no exemption, a
+//! counter and a rate-limited line.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::{Duration, Instant},
@@ -41,6 +44,10 @@ pub const MAX_IN_FLIGHT: usize = 32;
 /// Lookups started per second at most (and back to back): a spoofed flood of first drops costs
 /// at most this many lookups a second (each asks every list once).
 pub const LOOKUPS_PER_SEC: f64 = 50.0;
+/// Sources waiting for a lookup (the rate or the in-flight bound said not yet).
+pub const WAITING: usize = 1024;
+/// How long a source waits for a lookup before it is dropped.
+pub const WAITING_MAX_AGE: Duration = Duration::from_secs(60);
 /// Answers cached at once.
 pub const MAX_CACHED: usize = 32_768;
 /// How often trust entries are checked (expired ones removed, expiring ones asked again).
@@ -104,6 +111,13 @@ struct Done {
     answers: Vec<(String, ListAnswer)>,
 }
 
+/// A source waiting for a lookup.
+struct Waiting {
+    addr: IpAddr,
+    key: SourceKey,
+    since: Instant,
+}
+
 struct Service {
     shared: Arc<Shared>,
     config: Option<Config>,
@@ -111,6 +125,8 @@ struct Service {
     cache: HashMap<IpAddr, Cached>,
     in_flight: HashSet<IpAddr>,
     tasks: JoinSet<Done>,
+    /// Sources waiting for a lookup, oldest at the front.
+    waiting: VecDeque<Waiting>,
     tokens: f64,
     refilled: Instant,
     dropped: u64,
@@ -134,6 +150,7 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Event>, client: Opt
         cache: HashMap::new(),
         in_flight: HashSet::new(),
         tasks: JoinSet::new(),
+        waiting: VecDeque::new(),
         tokens: LOOKUPS_PER_SEC,
         refilled: Instant::now(),
         dropped: 0,
@@ -149,7 +166,9 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Event>, client: Opt
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            ev = rx.recv(), if svc.tasks.len() < MAX_IN_FLIGHT => match ev {
+            // Always received: what cannot be asked now waits in `waiting`, not in the channel
+            // (whose offers would be dropped when it is full).
+            ev = rx.recv() => match ev {
                 Some(ev) => svc.offer(&ev).await,
                 None => return,
             },
@@ -157,8 +176,12 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Event>, client: Opt
                 if let Ok(done) = done {
                     svc.finish(done).await;
                 }
+                svc.start_waiting();
             }
-            _ = tick.tick() => svc.housekeeping().await,
+            _ = tick.tick() => {
+                svc.start_waiting();
+                svc.housekeeping().await;
+            }
         }
     }
 }
@@ -221,19 +244,69 @@ impl Service {
         self.start(addr, ev.key);
     }
 
-    /// Starts a lookup of `addr` (for the source `key`), unless one runs or the bounds say no.
+    /// Starts a lookup of `addr` (for the source `key`) unless one runs; when the bounds say
+    /// not yet, the source waits (see [`WAITING`]).
     fn start(&mut self, addr: IpAddr, key: SourceKey) {
+        if self.config.is_none() || self.client.is_none() || self.in_flight.contains(&addr) {
+            return;
+        }
+        if self.tasks.len() >= MAX_IN_FLIGHT || !self.take_token() {
+            self.wait(addr, key);
+            return;
+        }
+        self.spawn(addr, key);
+    }
+
+    /// Queues `addr` for a lookup later, newest at the back; the oldest goes when it is full.
+    fn wait(&mut self, addr: IpAddr, key: SourceKey) {
+        if let Some(i) = self.waiting.iter().position(|w| w.addr == addr) {
+            self.waiting.remove(i);
+        } else if self.waiting.len() >= WAITING {
+            self.waiting.pop_front();
+            self.dropped += 1;
+        }
+        self.waiting.push_back(Waiting {
+            addr,
+            key,
+            since: Instant::now(),
+        });
+    }
+
+    /// Starts lookups of waiting sources, newest first, as far as the bounds allow; those that
+    /// waited too long are dropped.
+    fn start_waiting(&mut self) {
+        let now = Instant::now();
+        let stale = self
+            .waiting
+            .iter()
+            .take_while(|w| now.saturating_duration_since(w.since) > WAITING_MAX_AGE)
+            .count();
+        self.waiting.drain(..stale);
+        self.dropped += stale as u64;
+        while self.tasks.len() < MAX_IN_FLIGHT {
+            let Some(w) = self.waiting.back() else {
+                break;
+            };
+            let (addr, key) = (w.addr, w.key);
+            if self.in_flight.contains(&addr) || self.cache.contains_key(&addr) {
+                // Asked meanwhile: its answer was applied when it came.
+                self.waiting.pop_back();
+                continue;
+            }
+            if !self.take_token() {
+                break;
+            }
+            self.waiting.pop_back();
+            self.spawn(addr, key);
+        }
+    }
+
+    /// Starts the lookup of `addr` (the bounds already checked).
+    fn spawn(&mut self, addr: IpAddr, key: SourceKey) {
         let (Some(config), Some(client)) = (&self.config, &self.client) else {
             return;
         };
-        if self.in_flight.contains(&addr) {
-            return;
-        }
         let (sites, client) = (config.sites.clone(), client.clone());
-        if self.tasks.len() >= MAX_IN_FLIGHT || !self.take_token() {
-            self.dropped += 1;
-            return;
-        }
         self.in_flight.insert(addr);
         self.tasks.spawn(async move {
             let answers = client.lookup(&sites, addr).await;

@@ -57,7 +57,7 @@ fn main() {
     let mode = Mode {
         quick,
         repeat: number("--repeat").unwrap_or(if quick { 20_000 } else { 1_000_000 }),
-        runs: number("--runs").map_or(if quick { 1 } else { 7 }, |n| n.max(1) as usize),
+        runs: number("--runs").map_or(if quick { 1 } else { 21 }, |n| n.max(1) as usize),
     };
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut report = Report::new(quick);

@@ -104,7 +104,8 @@ impl Report {
     }
 
     pub fn per_packet(&mut self, rows: Vec<PathRow>, repeat: u32, runs: usize) {
-        let md = &mut self.md;
+        let mut section = String::new();
+        let md = &mut section;
         let _ = writeln!(md, "## 1. Per-packet cost\n");
         let _ = writeln!(
             md,
@@ -126,8 +127,10 @@ impl Report {
             arr.push(json!({"path": r.name, "ns_median": r.ns.median, "ns_min": r.ns.min, "ns_max": r.ns.max, "ratio_to_pass": r.to_pass, "ratio_to_xdp_filter": r.to_filter}));
         }
         let _ = writeln!(md);
-        self.json.insert(
-            "per_packet".into(),
+        // Through `section`, so that `--only per-packet --update` replaces it too.
+        self.section(
+            "per_packet",
+            &section,
             json!({"repeat": repeat, "runs": runs, "paired_rounds": true, "rows": arr}),
         );
     }
@@ -166,7 +169,13 @@ impl Report {
                 .min()
                 .unwrap_or(md.len());
             let (head, body) = new.split_once('\n').unwrap_or((new, ""));
-            let note = format!("{head}\n\n*This section is from a later run than the rest of the report ({today}, `cargo xtask bench --only {key} --update`), on the same machine.*\n{body}");
+            let machine = &self.json["machine"];
+            let note = format!(
+                "{head}\n\n*This section is from a later run than the rest of the report ({today}, with `--update`; machine: {}, {} CPUs, kernel {}).*\n{body}",
+                machine["cpu"].as_str().unwrap_or("?"),
+                machine["cpus"],
+                machine["kernel"].as_str().unwrap_or("?"),
+            );
             md.replace_range(start..end, &note);
             json.insert(key.clone(), self.json[key].clone());
         }
