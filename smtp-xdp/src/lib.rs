@@ -22,4 +22,5 @@ pub mod socketmap;
 pub mod state;
 pub mod stats;
 pub mod units;
+pub mod user_bans;
 pub mod version;

@@ -19,13 +19,14 @@ use tokio::io::{
 use smtp_xdp_common::{
     bans, bounce_flags,
     decide::{self, BanEnv, BounceVerdict},
-    event_kind, Ban, Counter, Event, Policy, SourceKey, UserCounter,
+    Ban, Counter, Event, Policy, UserCounter,
 };
 
 pub use crate::listener::{bind, Bound};
 use crate::{
     batv::{Backscatter, Verdict},
     maps::{addr_key, Maps, MapsError},
+    user_bans::UserBans,
 };
 
 /// Protocol limits.
@@ -305,66 +306,16 @@ pub struct Recorded {
     pub trusted_full: bool,
 }
 
-/// The penalty box seen from userspace, for [`decide::ban_source`].
-struct UserBans<'m> {
-    maps: &'m mut Maps,
-    key: SourceKey,
-    /// The full address (events carry it: DNS lists are asked per address).
-    addr: [u8; 16],
-    events: Vec<Event>,
-    now: u64,
-    /// The source's bounce count, the value of a bounce-limit event (as in the kernel).
-    bounces: u64,
-}
+pub use crate::user_bans::trusted;
 
-impl BanEnv for UserBans<'_> {
-    fn ban_entry(&mut self) -> Option<Ban> {
-        self.maps.bans.get(&self.key, 0).ok()
+/// The policy service's names for the decision code's counters.
+fn policy_counter(counter: Counter) -> Option<UserCounter> {
+    match counter {
+        Counter::BansBounces => Some(UserCounter::BansBouncesPolicy),
+        Counter::WouldBansBounces => Some(UserCounter::WouldBansBouncesPolicy),
+        Counter::TrustedBounces => Some(UserCounter::TrustedBouncesPolicy),
+        _ => None,
     }
-
-    fn store_ban(&mut self, ban: &Ban) -> bool {
-        self.maps.ban_source(&self.key, ban).is_ok()
-    }
-
-    fn event(&mut self, kind: u32, ban: Option<&Ban>, _now: u64) {
-        let mut ev = Event {
-            kind,
-            key: self.key,
-            at: self.now,
-            addr: self.addr,
-            ..Event::default()
-        };
-        if let Some(b) = ban {
-            ev.reason = b.reason;
-            ev.level = b.level;
-            ev.value = b.until - b.since;
-        } else if kind == event_kind::BOUNCE_LIMIT {
-            ev.value = self.bounces;
-        }
-        self.events.push(ev);
-    }
-
-    fn count(&mut self, counter: Counter) {
-        let c = match counter {
-            Counter::BansBounces => UserCounter::BansBouncesPolicy,
-            Counter::WouldBansBounces => UserCounter::WouldBansBouncesPolicy,
-            Counter::TrustedBounces => UserCounter::TrustedBouncesPolicy,
-            _ => return,
-        };
-        let _ = self.maps.add_user_counter(c, 1);
-    }
-
-    fn trusted(&mut self, now: u64) -> bool {
-        trusted(self.maps, &self.key, now)
-    }
-}
-
-/// Whether the source `key` is a trusted relay at `now` (a DNS allowlist answer in force).
-pub fn trusted(maps: &Maps, key: &SourceKey, now: u64) -> bool {
-    maps.trust_of(key)
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.holds(now))
 }
 
 /// The address bytes events carry (IPv4 in the first four).
@@ -502,14 +453,8 @@ pub fn record_bounce(
             maps.add_user_counter(UserCounter::BouncesPolicy, 1)?;
         }
     }
-    let mut env = UserBans {
-        maps,
-        key,
-        addr: addr_bytes(addr),
-        events: Vec::new(),
-        now,
-        bounces,
-    };
+    let mut env = UserBans::new(maps, key, addr_bytes(addr), policy_counter);
+    env.bounces = bounces;
     let mut banned = None;
     if over_limit {
         banned = decide::bounce_over_limit(&mut env, policy, now);

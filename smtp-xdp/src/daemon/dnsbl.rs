@@ -22,9 +22,8 @@ use std::{
 };
 
 use smtp_xdp_common::{
-    ban_reason, bans,
-    decide::{self, BanEnv},
-    event_kind, Ban, Counter, Event, SourceKey, Trust, UserCounter, FAMILY_V4,
+    ban_reason, bans, decide, event_kind, Ban, Counter, Event, SourceKey, Trust, UserCounter,
+    FAMILY_V4,
 };
 use tokio::{sync::mpsc, task::JoinSet};
 
@@ -35,6 +34,7 @@ use crate::{
     dnsbl::{self, Client, ListAnswer, ResolverSetting, Scored, Sites, Verdict},
     maps::{key_net, Maps},
     pins, units,
+    user_bans::UserBans,
 };
 
 /// Events waiting for the service (the channel's capacity).
@@ -392,12 +392,12 @@ impl Service {
         let Ok(Some(policy)) = maps.policy() else {
             return;
         };
-        let mut env = UserBans {
-            maps: &mut maps,
+        let mut env = UserBans::new(
+            &mut maps,
             key,
-            addr: crate::policyd::addr_bytes(addr),
-            events: Vec::new(),
-        };
+            crate::policyd::addr_bytes(addr),
+            dnsbl_counter,
+        );
         if decide::ban_source(&mut env, ban_reason::DNSBL, &policy, now).is_none() {
             return;
         }
@@ -718,49 +718,11 @@ fn lift_due(b: &Ban, now: u64) -> bool {
     matches!(b.reason, ban_reason::RATE | ban_reason::BOUNCES) && bans::is_active(b, now)
 }
 
-/// The penalty box seen from the DNSBL service, for [`decide::ban_source`].
-struct UserBans<'m> {
-    maps: &'m mut Maps,
-    key: SourceKey,
-    addr: [u8; 16],
-    events: Vec<Event>,
-}
-
-impl BanEnv for UserBans<'_> {
-    fn ban_entry(&mut self) -> Option<Ban> {
-        self.maps.bans.get(&self.key, 0).ok()
-    }
-
-    fn store_ban(&mut self, ban: &Ban) -> bool {
-        self.maps.ban_source(&self.key, ban).is_ok()
-    }
-
-    fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
-        let mut ev = Event {
-            kind,
-            key: self.key,
-            at: now,
-            addr: self.addr,
-            ..Event::default()
-        };
-        if let Some(b) = ban {
-            ev.reason = b.reason;
-            ev.level = b.level;
-            ev.value = b.until - b.since;
-        }
-        self.events.push(ev);
-    }
-
-    fn count(&mut self, counter: Counter) {
-        let c = match counter {
-            Counter::BansDnsbl => UserCounter::BansDnsbl,
-            Counter::WouldBansDnsbl => UserCounter::WouldBansDnsbl,
-            _ => return,
-        };
-        let _ = self.maps.add_user_counter(c, 1);
-    }
-
-    fn trusted(&mut self, now: u64) -> bool {
-        crate::policyd::trusted(self.maps, &self.key, now)
+/// The DNSBL service's names for the decision code's counters.
+fn dnsbl_counter(counter: Counter) -> Option<UserCounter> {
+    match counter {
+        Counter::BansDnsbl => Some(UserCounter::BansDnsbl),
+        Counter::WouldBansDnsbl => Some(UserCounter::WouldBansDnsbl),
+        _ => None,
     }
 }
