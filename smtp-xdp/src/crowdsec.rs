@@ -16,7 +16,7 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use smtp_xdp_common::{ban_reason, Ban, NS_PER_SEC};
+use smtp_xdp_common::{ban_reason, Ban, UserCounter, NS_PER_SEC};
 use thiserror::Error;
 
 use crate::units;
@@ -213,6 +213,20 @@ impl Skipped {
             Skipped::Filtered => "filtered",
             Skipped::Own => "own",
             Skipped::Capacity => "capacity",
+        }
+    }
+
+    /// The controller's counter of decisions skipped for this reason.
+    pub fn counter(self) -> UserCounter {
+        match self {
+            Skipped::NotBan => UserCounter::CrowdsecSkippedNotBan,
+            Skipped::Scope => UserCounter::CrowdsecSkippedScope,
+            Skipped::Simulated => UserCounter::CrowdsecSkippedSimulated,
+            Skipped::Invalid => UserCounter::CrowdsecSkippedInvalid,
+            Skipped::Expired => UserCounter::CrowdsecSkippedExpired,
+            Skipped::Filtered => UserCounter::CrowdsecSkippedFiltered,
+            Skipped::Own => UserCounter::CrowdsecSkippedOwn,
+            Skipped::Capacity => UserCounter::CrowdsecSkippedCapacity,
         }
     }
 }

@@ -700,24 +700,13 @@ fn crowdsec(
         ]
         .map(|(a, c)| (vec![("action", a.to_string())], s.user(c))),
     )?;
-    let skipped = [
-        UserCounter::CrowdsecSkippedNotBan,
-        UserCounter::CrowdsecSkippedScope,
-        UserCounter::CrowdsecSkippedSimulated,
-        UserCounter::CrowdsecSkippedInvalid,
-        UserCounter::CrowdsecSkippedExpired,
-        UserCounter::CrowdsecSkippedFiltered,
-        UserCounter::CrowdsecSkippedOwn,
-        UserCounter::CrowdsecSkippedCapacity,
-    ];
     counters(
         enc,
         "crowdsec_decisions_skipped",
         "CrowdSec decisions not enforced, by reason (not_ban, scope, simulated, invalid, expired, filtered, own, capacity).",
         Skipped::ALL
             .iter()
-            .zip(skipped)
-            .map(|(why, c)| (vec![("reason", why.name().to_string())], s.user(c))),
+            .map(|why| (vec![("reason", why.name().to_string())], s.user(why.counter()))),
     )?;
     counter(
         enc,

@@ -386,20 +386,10 @@ fn apply(
     }
     maps.add_user_counter(UserCounter::CrowdsecDecisionsAdded, applied.added)?;
     maps.add_user_counter(UserCounter::CrowdsecDecisionsDeleted, applied.deleted)?;
-    let skipped = [
-        UserCounter::CrowdsecSkippedNotBan,
-        UserCounter::CrowdsecSkippedScope,
-        UserCounter::CrowdsecSkippedSimulated,
-        UserCounter::CrowdsecSkippedInvalid,
-        UserCounter::CrowdsecSkippedExpired,
-        UserCounter::CrowdsecSkippedFiltered,
-        UserCounter::CrowdsecSkippedOwn,
-        UserCounter::CrowdsecSkippedCapacity,
-    ];
-    for (why, c) in Skipped::ALL.iter().zip(skipped) {
-        let n = applied.skipped.get(*why);
+    for why in Skipped::ALL {
+        let n = applied.skipped.get(why);
         if n > 0 {
-            maps.add_user_counter(c, n)?;
+            maps.add_user_counter(why.counter(), n)?;
         }
     }
     Ok(applied)
