@@ -569,6 +569,85 @@ impl Lab {
             .expect("run smtp-xdp")
     }
 
+    /// Runs the CLI on the lab's instance (`--iface` added) and requires success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let mut a = args.to_vec();
+        a.extend(["--iface", &self.server_if]);
+        let o = self.cli(&a);
+        assert!(o.status.success(), "{a:?}: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    /// Runs the CLI on the lab's instance (`--iface` added) and requires failure; returns
+    /// stderr.
+    pub fn cli_fails(&self, args: &[&str]) -> String {
+        let mut a = args.to_vec();
+        a.extend(["--iface", &self.server_if]);
+        let o = self.cli(&a);
+        assert!(!o.status.success(), "{a:?} succeeded: {}", stdout(&o));
+        stderr(&o)
+    }
+
+    /// The lab instance's bans as (target, reason), from `bans --json`.
+    pub fn bans(&self) -> Vec<(String, String)> {
+        let o = self.cli(&["bans", "--json", "--iface", &self.server_if]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bans JSON");
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|b| {
+                (
+                    b["target"].as_str().unwrap_or("").into(),
+                    b["reason"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    }
+
+    /// The Prometheus exposition at `listen` (an address in the server namespace), or `None`
+    /// when the scrape fails.
+    pub fn scrape(&self, listen: &str) -> Option<String> {
+        let o = Self::in_ns(
+            &self.server_ns,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                &format!("http://{listen}/metrics"),
+            ],
+        )
+        .output()
+        .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Starts `smtp-xdp run` on the lab's interface (no config file, no metrics listener, the
+    /// lab's state directory, then `extra`) without waiting for it to attach; its output goes
+    /// to `killed.log`.
+    pub fn spawn_run(&mut self, extra: &[&str]) -> u32 {
+        let bin = crate::smtp_xdp_bin();
+        let state = self.path("state");
+        let no_config = self.no_config();
+        let mut args = vec![
+            bin.to_str().unwrap(),
+            "run",
+            "--iface",
+            &self.server_if,
+            "--metrics-listen",
+            "off",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+            &no_config,
+        ];
+        args.extend_from_slice(extra);
+        let cmd = Self::in_net(&self.server_ns, &args);
+        self.spawn(cmd, "killed.log")
+    }
+
     /// A trafgen command sending `count` frames of the configuration file `cfg` from the client
     /// namespace on CPU 1. trafgen goes through a pfifo qdisc it installs on the client veth:
     /// with XDP on the peer, veth's receive ring fills and the qdisc-bypass path would give up
@@ -764,4 +843,14 @@ fn teardown(server_ns: &str, client_ns: Option<&str>, server_if: &str, dir: &Pat
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A command's standard output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A command's standard error, as text, trimmed.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
 }

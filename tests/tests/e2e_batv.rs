@@ -116,23 +116,9 @@ fn output(mut cmd: Command) -> (bool, String) {
     )
 }
 
-fn bans(lab: &Lab) -> Vec<(String, String)> {
-    let o = lab.cli(&["bans", "--json", "--iface", &lab.server_if]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bans JSON");
-    v.as_array()
-        .expect("a list")
-        .iter()
-        .map(|b| {
-            (
-                b["target"].as_str().unwrap_or("").into(),
-                b["reason"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect()
-}
-
 fn banned(lab: &Lab, addr: &str) -> bool {
-    bans(lab).contains(&(format!("{addr}/32"), "bounces".into()))
+    lab.bans()
+        .contains(&(format!("{addr}/32"), "bounces".into()))
 }
 
 /// The address without its angle brackets.
@@ -280,7 +266,7 @@ fn real_bounces_are_delivered_and_never_charged_backscatter_is_refused_and_banne
             "{to}: {out}"
         );
     }
-    assert!(banned(&lab, &spammer), "{:?}", bans(&lab));
+    assert!(banned(&lab, &spammer), "{:?}", lab.bans());
     assert_syns_dropped(&lab, &spammer);
 
     // The same over STARTTLS (the kernel sees only ciphertext).
@@ -297,7 +283,7 @@ fn real_bounces_are_delivered_and_never_charged_backscatter_is_refused_and_banne
         kernel_before,
         "ciphertext only"
     );
-    assert!(banned(&lab, &tls_spammer), "{:?}", bans(&lab));
+    assert!(banned(&lab, &tls_spammer), "{:?}", lab.bans());
     assert_syns_dropped(&lab, &tls_spammer);
 
     // Meanwhile the relay sends many more real bounces, plaintext and STARTTLS, in any case:
@@ -343,13 +329,13 @@ fn real_bounces_are_delivered_and_never_charged_backscatter_is_refused_and_banne
         let (ok, out) = bounce(&lab, &relay, &tagged, false);
         assert!(ok, "valid bounce {i} in the storm: {out}");
     }
-    assert!(!banned(&lab, &relay), "{:?}", bans(&lab));
+    assert!(!banned(&lab, &relay), "{:?}", lab.bans());
     let (ok, _) = bounce(&lab, &storm_spammer, "alice@example.test", false);
     assert!(!ok);
     assert!(!banned(&lab, &storm_spammer));
     let (ok, _) = bounce(&lab, &storm_spammer, "alice@example.test", false);
     assert!(!ok);
-    assert!(banned(&lab, &storm_spammer), "{:?}", bans(&lab));
+    assert!(banned(&lab, &storm_spammer), "{:?}", lab.bans());
     assert_syns_dropped(&lab, &storm_spammer);
 
     let log = lab.controller_log();

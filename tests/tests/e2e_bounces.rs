@@ -9,21 +9,6 @@ use smtp_xdp_tests::{lab::Lab, postfix::Postfix, require_bpf, stat};
 
 const POLICY: &str = "127.0.0.1:10040";
 
-fn bans(lab: &Lab) -> Vec<(String, String)> {
-    let o = lab.cli(&["bans", "--json", "--iface", &lab.server_if]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["target"].as_str().unwrap().into(),
-                b["reason"].as_str().unwrap().into(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
     require_bpf!();
@@ -84,9 +69,10 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
     );
     assert!(stat(&iface, "bounces_policy") >= 4);
     assert!(
-        bans(&lab).contains(&(format!("{tls_flooder}/32"), "bounces".into())),
+        lab.bans()
+            .contains(&(format!("{tls_flooder}/32"), "bounces".into())),
         "{:?}",
-        bans(&lab)
+        lab.bans()
     );
     assert!(
         pf.maillog().contains(
@@ -113,9 +99,10 @@ fn bounce_flooders_are_banned_through_tls_and_in_plaintext() {
     assert_eq!(outcomes, [true, true, true, true, false, false]);
     assert!(stat(&iface, "bounces_kernel") >= 4);
     assert!(
-        bans(&lab).contains(&(format!("{plain_flooder}/32"), "bounces".into())),
+        lab.bans()
+            .contains(&(format!("{plain_flooder}/32"), "bounces".into())),
         "{:?}",
-        bans(&lab)
+        lab.bans()
     );
 
     // Postfix's own log: who was accepted.

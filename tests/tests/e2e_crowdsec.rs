@@ -45,26 +45,10 @@ fn remaining(lab: &Lab, target: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn scrape(lab: &Lab) -> String {
-    let o = Lab::in_ns(
-        &lab.server_ns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9925/metrics",
-        ],
-    )
-    .output()
-    .expect("curl");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// The value of the sample `name` (with its labels, exactly as exported), or -1. A name ending
 /// in `{` sums every sample of the family.
 fn metric(lab: &Lab, name: &str) -> f64 {
-    let text = scrape(lab);
+    let text = lab.scrape("127.0.0.1:9925").unwrap_or_default();
     if name.ends_with('{') {
         return text
             .lines()

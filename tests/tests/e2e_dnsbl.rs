@@ -105,23 +105,8 @@ fn dnsbl_args(nsd: &Nsd) -> Vec<String> {
     ]
 }
 
-fn bans(lab: &Lab) -> Vec<(String, String)> {
-    let o = lab.cli(&["bans", "--json", "--iface", &lab.server_if]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["target"].as_str().unwrap().into(),
-                b["reason"].as_str().unwrap().into(),
-            )
-        })
-        .collect()
-}
-
 fn banned_for(lab: &Lab, target: &str) -> Option<String> {
-    bans(lab)
+    lab.bans()
         .into_iter()
         .find(|(t, _)| t == target)
         .map(|(_, r)| r)
@@ -518,7 +503,7 @@ fn a_dead_dns_server_decides_nothing_and_lookups_resume() {
         || stat(&iface, "dnsbl_errors") >= 3,
     );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(bans(&lab).is_empty(), "no bans: {:?}", bans(&lab));
+    assert!(lab.bans().is_empty(), "no bans: {:?}", lab.bans());
     let f = lab.flood(&src.relay, 25, 20, 2000);
     assert!(f.received < 20, "no exemption: {f:?}");
     let c = &stats_json(&iface)["counters"];

@@ -26,28 +26,6 @@ fn reboot(lab: &Lab) {
     assert!(!lab.xdp_attached(), "no program survives a reboot");
 }
 
-/// Starts `smtp-xdp run` without waiting for it to attach.
-fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
-    let bin = smtp_xdp_bin();
-    let state = lab.path("state");
-    let no_config = lab.no_config();
-    let mut args = vec![
-        bin.to_str().unwrap(),
-        "run",
-        "--iface",
-        &lab.server_if,
-        "--metrics-listen",
-        "off",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--config",
-        &no_config,
-    ];
-    args.extend_from_slice(extra);
-    let cmd = Lab::in_net(&lab.server_ns, &args);
-    lab.spawn(cmd, "killed.log")
-}
-
 fn cli_ok(lab: &Lab, args: &[&str]) -> bool {
     let mut a = args.to_vec();
     a.extend(["--iface", &lab.server_if]);
@@ -89,7 +67,7 @@ fn a_ban_survives_kill_9_an_adoption_stopped_at_once_detach_and_a_reboot() {
     lab.wait_exit(a, Duration::from_secs(5));
     // B adopts, and is stopped within a second of starting: at each delay, the ban stays.
     for delay_ms in [0u64, 5, 20, 60, 150, 400, 900] {
-        let b = spawn_run(&mut lab, &[]);
+        let b = lab.spawn_run(&[]);
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(b, libc::SIGTERM);
         let code = lab.wait_exit(b, Duration::from_secs(30));
@@ -157,7 +135,7 @@ fn a_crash_at_any_stage_loses_no_acknowledged_change() {
         // A controller: started normally, or killed during its start or adoption.
         let save = if rng.gen_bool(0.5) { "1s" } else { "1h" };
         if rng.gen_bool(0.3) {
-            let pid = spawn_run(&mut lab, &["--save-interval", save]);
+            let pid = lab.spawn_run(&["--save-interval", save]);
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
             signal(
                 pid,

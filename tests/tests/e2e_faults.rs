@@ -28,35 +28,13 @@ fn deny_count(lab: &Lab) -> usize {
         .len()
 }
 
-/// Starts `smtp-xdp run` without waiting for it.
-fn spawn_run(lab: &mut Lab, extra: &[&str]) -> u32 {
-    let bin = smtp_xdp_bin();
-    let state = lab.path("state");
-    let no_config = lab.no_config();
-    let mut args = vec![
-        bin.to_str().unwrap(),
-        "run",
-        "--iface",
-        &lab.server_if,
-        "--metrics-listen",
-        "off",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--config",
-        &no_config,
-    ];
-    args.extend_from_slice(extra);
-    let cmd = Lab::in_net(&lab.server_ns, &args);
-    lab.spawn(cmd, "killed.log")
-}
-
 #[test]
 fn a_start_killed_at_any_point_never_blocks_the_next() {
     require_bpf!();
     let mut lab = Lab::new();
     // From nothing pinned: kill at increasing delays, then a normal start must succeed.
     for delay in [0u64, 3, 8, 15, 25, 40, 60, 90, 140, 250] {
-        let pid = spawn_run(&mut lab, &[]);
+        let pid = lab.spawn_run(&[]);
         std::thread::sleep(Duration::from_millis(delay));
         signal(pid, libc::SIGKILL);
         lab.wait_exit(pid, Duration::from_secs(5));
@@ -84,7 +62,7 @@ fn an_adoption_killed_at_any_point_keeps_the_state_and_the_program() {
     signal(pid, libc::SIGKILL);
     lab.wait_exit(pid, Duration::from_secs(5));
     for delay in [0u64, 3, 8, 15, 25, 40, 60, 90, 140, 250] {
-        let pid = spawn_run(&mut lab, &[]);
+        let pid = lab.spawn_run(&[]);
         std::thread::sleep(Duration::from_millis(delay));
         signal(pid, libc::SIGKILL);
         lab.wait_exit(pid, Duration::from_secs(5));

@@ -3,39 +3,15 @@
 //! with the file and line of a bad line, a 100,000-line file; and `deny-files`, reloaded at
 //! start, when they change on disk and on SIGHUP, keeping entries added with `deny add`.
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{path::Path, time::Duration};
 
 use smtp_xdp_tests::{
     lab::{signal, wait_for, Lab},
     require_bpf, stat,
 };
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_string()
-}
-
-fn ok(lab: &Lab, args: &[&str]) -> String {
-    let mut a = args.to_vec();
-    a.extend(["--iface", &lab.server_if]);
-    let o = lab.cli(&a);
-    assert!(o.status.success(), "{a:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-fn fails(lab: &Lab, args: &[&str]) -> String {
-    let mut a = args.to_vec();
-    a.extend(["--iface", &lab.server_if]);
-    let o = lab.cli(&a);
-    assert!(!o.status.success(), "{a:?} succeeded: {}", stdout(&o));
-    stderr(&o)
-}
-
 fn deny_list(lab: &Lab) -> Vec<String> {
-    serde_json::from_str::<Vec<String>>(&ok(lab, &["deny", "list", "--json"])).unwrap()
+    serde_json::from_str::<Vec<String>>(&lab.cli_ok(&["deny", "list", "--json"])).unwrap()
 }
 
 /// A DROP JSON record line.
@@ -82,16 +58,13 @@ fn drop_json_and_text_load_all_or_nothing_and_the_kernel_drops_listed_sources() 
     .unwrap();
     let extra = lab.path("local.txt");
     std::fs::write(&extra, "# ours\n203.0.113.0/24 ; local\n").unwrap();
-    let out = ok(
-        &lab,
-        &[
-            "deny",
-            "load",
-            v4_path.to_str().unwrap(),
-            v6_path.to_str().unwrap(),
-            extra.to_str().unwrap(),
-        ],
-    );
+    let out = lab.cli_ok(&[
+        "deny",
+        "load",
+        v4_path.to_str().unwrap(),
+        v6_path.to_str().unwrap(),
+        extra.to_str().unwrap(),
+    ]);
     assert!(out.contains("IPv4 +100002 -0 =0, IPv6 +2 -0 =0"), "{out}");
     eprintln!("{}", out.trim());
     assert_eq!(deny_list(&lab).len(), 100_004);
@@ -105,16 +78,13 @@ fn drop_json_and_text_load_all_or_nothing_and_the_kernel_drops_listed_sources() 
             + "{\"cidr\":\"198.51.100.0/33\",\"sblid\":\"SBL3\"}\n",
     )
     .unwrap();
-    let e = fails(
-        &lab,
-        &[
-            "deny",
-            "load",
-            "--force",
-            v6_path.to_str().unwrap(),
-            bad.to_str().unwrap(),
-        ],
-    );
+    let e = lab.cli_fails(&[
+        "deny",
+        "load",
+        "--force",
+        v6_path.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
     assert!(
         e.contains(&format!("{}:3: \"198.51.100.0/33\"", bad.display()))
             && e.contains("nothing was changed"),
@@ -123,19 +93,16 @@ fn drop_json_and_text_load_all_or_nothing_and_the_kernel_drops_listed_sources() 
     // A download cut at a line boundary: the metadata line's count gives it away.
     let cut: String = v4.lines().skip(2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&bad, cut).unwrap();
-    let e = fails(&lab, &["deny", "load", bad.to_str().unwrap()]);
+    let e = lab.cli_fails(&["deny", "load", bad.to_str().unwrap()]);
     assert!(e.contains("says 100001 records but it holds 100000"), "{e}");
     // JSON read as text is refused at its first line.
-    let e = fails(
-        &lab,
-        &[
-            "deny",
-            "load",
-            "--format",
-            "text",
-            v6_path.to_str().unwrap(),
-        ],
-    );
+    let e = lab.cli_fails(&[
+        "deny",
+        "load",
+        "--format",
+        "text",
+        v6_path.to_str().unwrap(),
+    ]);
     assert!(e.contains(&format!("{}:1:", v6_path.display())), "{e}");
     assert_eq!(deny_list(&lab).len(), 100_004, "nothing was changed");
 
@@ -145,7 +112,7 @@ fn drop_json_and_text_load_all_or_nothing_and_the_kernel_drops_listed_sources() 
     assert_eq!(stat(&lab.server_if, "drop_deny"), 20);
 
     // The allowlist takes the same formats.
-    let out = ok(&lab, &["allow", "load", v6_path.to_str().unwrap()]);
+    let out = lab.cli_ok(&["allow", "load", v6_path.to_str().unwrap()]);
     assert!(out.contains("IPv4 +0 -0 =0, IPv6 +2 -0 =0"), "{out}");
 }
 
@@ -189,7 +156,7 @@ fn deny_files_reload_on_change_and_on_sighup_and_keep_hand_added_entries() {
     assert_eq!(deny_file_events(&lab)[0]["why"], "start");
 
     // An entry added by hand survives the files' reloads.
-    ok(&lab, &["deny", "add", "203.0.113.9"]);
+    lab.cli_ok(&["deny", "add", "203.0.113.9"]);
     write(&v4, &(record("192.0.2.0/24", 1) + &metadata(1)));
     wait_for_list(
         &lab,
@@ -296,7 +263,7 @@ fn deny_files_reload_on_change_and_on_sighup_and_keep_hand_added_entries() {
     });
 
     // An entry deleted by hand is no longer kept.
-    ok(&lab, &["deny", "del", "203.0.113.9"]);
+    lab.cli_ok(&["deny", "del", "203.0.113.9"]);
     write(&v4, &(record("192.0.2.0/25", 1) + &metadata(1)));
     wait_for_list(
         &lab,

@@ -11,23 +11,6 @@ use smtp_xdp_tests::{
 
 const METRICS: &str = "127.0.0.1:9925";
 
-fn scrape(lab: &Lab) -> String {
-    let o = Lab::in_ns(
-        &lab.server_ns,
-        &[
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            &format!("http://{METRICS}/metrics"),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "scrape failed");
-    String::from_utf8(o.stdout).unwrap()
-}
-
 fn families(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -94,7 +77,7 @@ fn prometheus_scrapes_the_exporter_during_a_flood() {
     ]);
 
     // The live output passes promtool, and has every family the exporter documents.
-    let text = scrape(&lab);
+    let text = lab.scrape(METRICS).expect("scrape failed");
     let file = lab.path("metrics.txt");
     std::fs::write(&file, &text).unwrap();
     let check = Command::new("sh")
@@ -179,9 +162,11 @@ fn prometheus_scrapes_the_exporter_during_a_flood() {
 
     // After the flood, the census lists the flooder as top offender (within 15 s).
     wait_for(Duration::from_secs(25), "top offender exported", || {
-        scrape(&lab).contains("smtp_xdp_top_offender_drops{")
+        lab.scrape(METRICS)
+            .expect("scrape failed")
+            .contains("smtp_xdp_top_offender_drops{")
     });
-    let text = scrape(&lab);
+    let text = lab.scrape(METRICS).expect("scrape failed");
     assert!(
         text.contains(&format!(
             "smtp_xdp_top_offender_drops{{source=\"{flooder}/32\"}}"

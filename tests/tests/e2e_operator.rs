@@ -9,38 +9,12 @@ use std::{
 };
 
 use smtp_xdp_tests::{
-    lab::{signal, wait_for, Lab},
+    lab::{signal, stderr, stdout, wait_for, Lab},
     require_bpf, smtp_xdp_bin, stat,
 };
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_string()
-}
-
-/// Runs the CLI on the lab's instance and requires success; returns stdout.
-fn ok(lab: &Lab, args: &[&str]) -> String {
-    let mut a = args.to_vec();
-    a.extend(["--iface", &lab.server_if]);
-    let o = lab.cli(&a);
-    assert!(o.status.success(), "{a:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-/// Runs the CLI on the lab's instance and requires failure; returns stderr.
-fn fails(lab: &Lab, args: &[&str]) -> String {
-    let mut a = args.to_vec();
-    a.extend(["--iface", &lab.server_if]);
-    let o = lab.cli(&a);
-    assert!(!o.status.success(), "{a:?} succeeded: {}", stdout(&o));
-    stderr(&o)
-}
-
 fn bans_json(lab: &Lab) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&ok(lab, &["bans", "--all", "--json"]))
+    serde_json::from_str::<serde_json::Value>(&lab.cli_ok(&["bans", "--all", "--json"]))
         .unwrap()
         .as_array()
         .unwrap()
@@ -153,7 +127,7 @@ fn monitor_mode_has_no_side_effects_and_enforcing_starts_clean() {
         "--log-format",
         "json",
     ]);
-    ok(&lab, &["ban", "203.0.113.9", "--for", "1h"]);
+    lab.cli_ok(&["ban", "203.0.113.9", "--for", "1h"]);
     let f = lab.flood(&flooder, 25, 40, 2000);
     assert_eq!(f.received, 40, "monitor mode drops nothing");
     let b = bans_json(&lab);
@@ -161,7 +135,7 @@ fn monitor_mode_has_no_side_effects_and_enforcing_starts_clean() {
     assert_eq!(would.len(), 1, "{b:?}");
     assert_eq!(would[0]["target"], format!("{flooder}/32"));
     assert_eq!(would[0]["in_force"], true, "it counts in monitor mode");
-    assert!(ok(&lab, &["bans"]).contains("source (would)"));
+    assert!(lab.cli_ok(&["bans"]).contains("source (would)"));
     assert_eq!(stat(&lab.server_if, "would_bans_rate"), 1);
     assert_eq!(stat(&lab.server_if, "bans_rate"), 0);
     wait_for(Duration::from_secs(5), "a would_ban log line", || {
@@ -170,7 +144,7 @@ fn monitor_mode_has_no_side_effects_and_enforcing_starts_clean() {
     assert!(log_events(&lab, "ban").is_empty(), "no real ban was logged");
 
     // Enforce: the would-ban is gone, the manual ban stays, and the source starts clean.
-    let out = ok(&lab, &["set", "dry-run=false"]);
+    let out = lab.cli_ok(&["set", "dry-run=false"]);
     assert!(out.contains("mode: enforcing"), "{out}");
     assert!(out.contains("cleared 1 would-bans"), "{out}");
     let b = bans_json(&lab);
@@ -196,10 +170,10 @@ fn a_reload_never_silently_undoes_set() {
     std::fs::write(&cfg, "dry-run = true\nrate = \"30/min\"\n").unwrap();
     let pid = lab.start_controller(&["--config", cfg.to_str().unwrap(), "--log-format", "json"]);
     let status = |lab: &Lab| -> serde_json::Value {
-        serde_json::from_str(&ok(lab, &["status", "--json"])).unwrap()
+        serde_json::from_str(&lab.cli_ok(&["status", "--json"])).unwrap()
     };
     assert_eq!(status(&lab)["policy"]["dry_run"], true);
-    let out = ok(&lab, &["set", "dry-run=false", "rate=600/min"]);
+    let out = lab.cli_ok(&["set", "dry-run=false", "rate=600/min"]);
     assert!(
         out.contains("rate 30/min -> 600/min"),
         "rates echo in the unit given: {out}"
@@ -226,7 +200,7 @@ fn a_reload_never_silently_undoes_set() {
     lab.stop_controller(pid);
     let pid = lab.start_controller(&["--config", cfg.to_str().unwrap(), "--log-format", "json"]);
     assert_eq!(status(&lab)["policy"]["dry_run"], false);
-    let out = ok(&lab, &["set", "--reset", "dry-run"]);
+    let out = lab.cli_ok(&["set", "--reset", "dry-run"]);
     assert!(out.contains("reloads"), "{out}");
     wait_for(Duration::from_secs(5), "the file's value again", || {
         status(&lab)["policy"]["dry_run"] == true
@@ -237,16 +211,13 @@ fn a_reload_never_silently_undoes_set() {
         "rate stays overridden"
     );
     // --save writes the file instead (postconf -e style), keeping its other lines.
-    ok(
-        &lab,
-        &[
-            "set",
-            "burst=7",
-            "--save",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-    );
+    lab.cli_ok(&[
+        "set",
+        "burst=7",
+        "--save",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(
         text.contains("burst = 7") && text.contains("dry-run = true"),
@@ -254,7 +225,7 @@ fn a_reload_never_silently_undoes_set() {
     );
     assert!(status(&lab)["live_overrides"]["burst"].is_null());
     // Without --config, --save writes the file the controller runs with, not the default one.
-    let out = ok(&lab, &["set", "burst=8", "--save"]);
+    let out = lab.cli_ok(&["set", "burst=8", "--save"]);
     assert!(
         out.contains(&format!("saved to {}", cfg.display())),
         "{out}"
@@ -262,7 +233,7 @@ fn a_reload_never_silently_undoes_set() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("burst = 8"), "{text}");
     // Keys that cannot change live say what they need.
-    let e = fails(&lab, &["set", "max-sources=2048"]);
+    let e = lab.cli_fails(&["set", "max-sources=2048"]);
     assert!(
         e.contains("max-sources cannot change live, it needs a restart"),
         "{e}"
@@ -286,12 +257,12 @@ fn every_operator_action_is_logged_and_a_ban_flood_is_summarised() {
     ]);
     let list = lab.path("deny.txt");
     std::fs::write(&list, "198.51.100.0/24\n").unwrap();
-    ok(&lab, &["ban", "203.0.113.7", "--for", "2h"]);
-    ok(&lab, &["unban", "203.0.113.7"]);
-    ok(&lab, &["allow", "add", "192.0.2.25"]);
-    ok(&lab, &["allow", "del", "192.0.2.25"]);
-    ok(&lab, &["deny", "load", list.to_str().unwrap()]);
-    ok(&lab, &["set", "burst=4"]);
+    lab.cli_ok(&["ban", "203.0.113.7", "--for", "2h"]);
+    lab.cli_ok(&["unban", "203.0.113.7"]);
+    lab.cli_ok(&["allow", "add", "192.0.2.25"]);
+    lab.cli_ok(&["allow", "del", "192.0.2.25"]);
+    lab.cli_ok(&["deny", "load", list.to_str().unwrap()]);
+    lab.cli_ok(&["set", "burst=4"]);
     wait_for(Duration::from_secs(5), "six operator lines", || {
         log_events(&lab, "operator").len() >= 6
     });
@@ -382,38 +353,38 @@ fn list_loads_are_atomic_over_several_files_and_refuse_to_empty_a_family() {
         v6.to_str().unwrap(),
         empty.to_str().unwrap(),
     );
-    let out = ok(&lab, &["deny", "load", a, b]);
+    let out = lab.cli_ok(&["deny", "load", a, b]);
     assert!(out.contains("from 2 files"), "{out}");
     assert!(
         out.ends_with("IPv4 +2 -0 =0, IPv6 +1 -0 =0 (+added -removed =kept)\n"),
         "{out}"
     );
     assert_eq!(
-        ok(&lab, &["deny", "list"]),
+        lab.cli_ok(&["deny", "list"]),
         "198.51.100.0/24\n203.0.113.0/25\n2001:db8:bad::/48\n"
     );
     // An IPv6-only file would wipe the IPv4 entries: refused without --force.
-    let err = fails(&lab, &["deny", "load", b]);
+    let err = lab.cli_fails(&["deny", "load", b]);
     assert!(
         err.contains("would cut the deny list's IPv4 entries from 2 to 0")
             && err.contains("--force"),
         "{err}"
     );
     assert_eq!(
-        ok(&lab, &["deny", "list"]).lines().count(),
+        lab.cli_ok(&["deny", "list"]).lines().count(),
         3,
         "nothing changed"
     );
-    ok(&lab, &["allow", "add", "192.0.2.0/24"]);
-    let err = fails(&lab, &["allow", "load", e]);
+    lab.cli_ok(&["allow", "add", "192.0.2.0/24"]);
+    let err = lab.cli_fails(&["allow", "load", e]);
     assert!(err.contains("IPv4 entries from 1 to 0"), "{err}");
-    assert_eq!(ok(&lab, &["allow", "list"]), "192.0.2.0/24\n");
-    let out = ok(&lab, &["allow", "load", e, "--force"]);
+    assert_eq!(lab.cli_ok(&["allow", "list"]), "192.0.2.0/24\n");
+    let out = lab.cli_ok(&["allow", "load", e, "--force"]);
     assert!(
         out.ends_with("IPv4 +0 -1 =0, IPv6 +0 -0 =0 (+added -removed =kept)\n"),
         "{out}"
     );
-    assert_eq!(ok(&lab, &["allow", "list"]), "");
+    assert_eq!(lab.cli_ok(&["allow", "list"]), "");
     lab.stop_controller(pid);
 }
 
@@ -428,27 +399,27 @@ fn unban_lifts_all_or_everything_inside_and_names_a_covering_ban() {
         "198.19.9.0/24",
         "2001:db8:ffff::/48",
     ] {
-        ok(&lab, &["ban", net, "--for", "1h"]);
+        lab.cli_ok(&["ban", net, "--for", "1h"]);
     }
-    ok(&lab, &["ban", "198.19.7.0/24", "--for", "1h"]);
-    let err = fails(&lab, &["unban", "198.19.7.9"]);
+    lab.cli_ok(&["ban", "198.19.7.0/24", "--for", "1h"]);
+    let err = lab.cli_fails(&["unban", "198.19.7.9"]);
     assert!(
         err.contains("198.19.7.9/32 is not banned itself, but the manual ban of 198.19.7.0/24")
             && err.contains("`smtp-xdp unban 198.19.7.0/24`"),
         "{err}"
     );
-    let out = ok(&lab, &["unban", "198.19.7.2"]);
+    let out = lab.cli_ok(&["unban", "198.19.7.2"]);
     assert!(
         out.contains("note: the manual ban of 198.19.7.0/24"),
         "{out}"
     );
-    let out = ok(&lab, &["unban", "198.18.0.0/15"]);
+    let out = lab.cli_ok(&["unban", "198.18.0.0/15"]);
     assert!(out.starts_with("unbanned 3 bans (198.18.0.0/15)"), "{out}");
     assert_eq!(bans_json(&lab).len(), 1);
-    ok(&lab, &["ban", "198.19.8.8", "--for", "1h"]);
-    let out = ok(&lab, &["unban", "--all", "--reason", "rate"]);
+    lab.cli_ok(&["ban", "198.19.8.8", "--for", "1h"]);
+    let out = lab.cli_ok(&["unban", "--all", "--reason", "rate"]);
     assert!(out.starts_with("nothing to unban"), "{out}");
-    let out = ok(&lab, &["unban", "--all"]);
+    let out = lab.cli_ok(&["unban", "--all"]);
     assert!(out.starts_with("unbanned 2 bans (every ban)"), "{out}");
     assert!(bans_json(&lab).is_empty());
     lab.stop_controller(pid);
@@ -461,22 +432,22 @@ fn footguns_need_force_and_mapped_addresses_are_ipv4() {
     let flooder = lab.client_addr(1);
     lab.add_client_addr(&flooder);
     let pid = lab.start_controller(&[]);
-    let err = fails(&lab, &["ban", "0.0.0.0/0", "--for", "1m"]);
+    let err = lab.cli_fails(&["ban", "0.0.0.0/0", "--for", "1m"]);
     assert!(
         err.contains("0.0.0.0/0 is a very wide network") && err.contains("--force"),
         "{err}"
     );
-    let err = fails(&lab, &["ban", "::/0", "--for", "1m"]);
+    let err = lab.cli_fails(&["ban", "::/0", "--for", "1m"]);
     assert!(err.contains("::/0 is a very wide network"), "{err}");
     // The lists too: an allowlisted /0 would switch protection off.
-    let err = fails(&lab, &["allow", "add", "0.0.0.0/0"]);
+    let err = lab.cli_fails(&["allow", "add", "0.0.0.0/0"]);
     assert!(
         err.contains("0.0.0.0/0 is a very wide network") && err.contains("--force"),
         "{err}"
     );
-    let err = fails(&lab, &["deny", "add", "2001:db8::/16"]);
+    let err = lab.cli_fails(&["deny", "add", "2001:db8::/16"]);
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(ok(&lab, &["allow", "list", "--json"]).trim(), "[]");
+    assert_eq!(lab.cli_ok(&["allow", "list", "--json"]).trim(), "[]");
     let o = lab.cli(&["allow", "add", "198.18.200.0/16", "--iface", &lab.server_if]);
     assert!(o.status.success());
     assert!(
@@ -484,9 +455,9 @@ fn footguns_need_force_and_mapped_addresses_are_ipv4() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    ok(&lab, &["allow", "del", "198.18.0.0/16"]);
+    lab.cli_ok(&["allow", "del", "198.18.0.0/16"]);
     let server_net = format!("198.18.{}.0/24", lab.net);
-    let err = fails(&lab, &["ban", &server_net, "--for", "1m"]);
+    let err = lab.cli_fails(&["ban", &server_net, "--for", "1m"]);
     assert!(
         err.contains(&format!(
             "holds {}, an address of this host",
@@ -494,29 +465,29 @@ fn footguns_need_force_and_mapped_addresses_are_ipv4() {
         )),
         "{err}"
     );
-    ok(&lab, &["allow", "add", "192.0.2.25"]);
-    let err = fails(&lab, &["ban", "192.0.2.0/24", "--for", "1m"]);
+    lab.cli_ok(&["allow", "add", "192.0.2.25"]);
+    let err = lab.cli_fails(&["ban", "192.0.2.0/24", "--for", "1m"]);
     assert!(
         err.contains("holds 192.0.2.25/32, which is allowlisted"),
         "{err}"
     );
-    let out = ok(&lab, &["ban", "192.0.2.25", "--for", "1m"]);
+    let out = lab.cli_ok(&["ban", "192.0.2.25", "--for", "1m"]);
     assert!(
         out.contains("note: 192.0.2.25/32 is on the allowlist"),
         "{out}"
     );
-    ok(&lab, &["ban", "0.0.0.0/0", "--for", "1m", "--force"]);
-    ok(&lab, &["unban", "0.0.0.0/0"]);
+    lab.cli_ok(&["ban", "0.0.0.0/0", "--for", "1m", "--force"]);
+    lab.cli_ok(&["unban", "0.0.0.0/0"]);
 
     // IPv4-mapped IPv6 is IPv4: banned, listed and enforced as such.
-    let out = ok(&lab, &["ban", &format!("::ffff:{flooder}"), "--for", "1h"]);
+    let out = lab.cli_ok(&["ban", &format!("::ffff:{flooder}"), "--for", "1h"]);
     assert!(
         out.starts_with(&format!("banned {flooder}/32 for 1h")),
         "{out}"
     );
     assert_eq!(lab.flood(&flooder, 25, 5, 10_000).received, 0);
-    ok(&lab, &["deny", "add", "::ffff:198.51.100.0/120"]);
-    assert!(ok(&lab, &["deny", "list"]).contains("198.51.100.0/24"));
+    lab.cli_ok(&["deny", "add", "::ffff:198.51.100.0/120"]);
+    assert!(lab.cli_ok(&["deny", "list"]).contains("198.51.100.0/24"));
     lab.stop_controller(pid);
 }
 
@@ -537,8 +508,8 @@ fn no_command_panics_when_its_output_goes_away() {
     require_bpf!();
     let mut lab = Lab::new();
     let pid = lab.start_controller(&[]);
-    ok(&lab, &["deny", "add", "198.51.100.0/24", "203.0.113.0/24"]);
-    ok(&lab, &["ban", "203.0.113.0/24", "--for", "1h"]);
+    lab.cli_ok(&["deny", "add", "198.51.100.0/24", "203.0.113.0/24"]);
+    lab.cli_ok(&["ban", "203.0.113.0/24", "--for", "1h"]);
     let bin = smtp_xdp_bin();
     let b = bin.to_str().unwrap();
     let i = lab.server_if.clone();
@@ -613,7 +584,7 @@ fn a_failing_save_is_loud_and_keeps_the_pins() {
     require_bpf!();
     let mut lab = Lab::new();
     let pid = lab.start_controller(&["--save-interval", "1s", "--log-format", "json"]);
-    ok(&lab, &["ban", "203.0.113.5", "--for", "2h"]);
+    lab.cli_ok(&["ban", "203.0.113.5", "--for", "2h"]);
     // The state directory goes away under the controller (a file takes its place).
     let state = lab.path("state");
     std::fs::rename(&state, lab.path("state.moved")).unwrap();
@@ -641,7 +612,7 @@ fn a_failing_save_is_loud_and_keeps_the_pins() {
     // Once the directory is back, detach saves, then removes.
     std::fs::remove_file(&state).unwrap();
     std::fs::rename(lab.path("state.moved"), &state).unwrap();
-    let out = ok(&lab, &["detach"]);
+    let out = lab.cli_ok(&["detach"]);
     assert!(out.contains("saved to"), "{out}");
     let saved =
         std::fs::read_to_string(state.join(format!("{}.state.json", lab.server_if))).unwrap();
@@ -653,7 +624,7 @@ fn fresh_starts_clean_and_keeps_the_old_state_aside() {
     require_bpf!();
     let mut lab = Lab::new();
     let pid = lab.start_controller(&[]);
-    ok(&lab, &["ban", "203.0.113.5", "--for", "2h"]);
+    lab.cli_ok(&["ban", "203.0.113.5", "--for", "2h"]);
     lab.stop_controller(pid);
     let pid = lab.start_controller(&["--fresh"]);
     assert!(bans_json(&lab).is_empty(), "--fresh restores nothing");
@@ -676,7 +647,7 @@ fn top_by_drops_lists_offenders_only_and_status_reads_the_census() {
     let pid = lab.start_controller(&["--rate", "6/min", "--burst", "3"]);
     lab.flood(&lab.client_addr(0), 25, 2, 1000);
     lab.flood(&flooder, 25, 10, 1000);
-    let top: serde_json::Value = serde_json::from_str(&ok(&lab, &["top", "--json"])).unwrap();
+    let top: serde_json::Value = serde_json::from_str(&lab.cli_ok(&["top", "--json"])).unwrap();
     let sources: Vec<&str> = top
         .as_array()
         .unwrap()
@@ -689,10 +660,11 @@ fn top_by_drops_lists_offenders_only_and_status_reads_the_census() {
         "no source without drops"
     );
     let top: serde_json::Value =
-        serde_json::from_str(&ok(&lab, &["top", "--by", "syns", "--json"])).unwrap();
+        serde_json::from_str(&lab.cli_ok(&["top", "--by", "syns", "--json"])).unwrap();
     assert_eq!(top.as_array().unwrap().len(), 2);
     wait_for(Duration::from_secs(20), "a census", || {
-        let v: serde_json::Value = serde_json::from_str(&ok(&lab, &["status", "--json"])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.cli_ok(&["status", "--json"])).unwrap();
         v["sources_counted_by"] == "census" && v["sources_tracked"] == 2
     });
     lab.stop_controller(pid);
