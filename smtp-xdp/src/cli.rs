@@ -465,15 +465,15 @@ pub struct RunArgs {
     /// credentials file's, else off].
     #[arg(long, value_name = "URL")]
     pub crowdsec_url: Option<String>,
-    /// File holding this host's CrowdSec bouncer API key (mode 600, the controller's user's): enforce the Local
-    /// API's ban decisions [default: off].
+    /// File holding this host's CrowdSec bouncer API key (mode 600, the controller's user's):
+    /// enforce the Local API's ban decisions [default: off].
     #[arg(long, value_name = "FILE")]
     pub crowdsec_bouncer_key_file: Option<String>,
     /// How often CrowdSec decisions are pulled [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub crowdsec_poll: Option<String>,
-    /// Credentials file of `cscli machines add NAME --password P -f FILE` (mode 600, the controller's user's):
-    /// report local bans to the Local API [default: off].
+    /// Credentials file of `cscli machines add NAME --password P -f FILE` (mode 600, the
+    /// controller's user's): report local bans to the Local API [default: off].
     #[arg(long, value_name = "FILE")]
     pub crowdsec_machine_credentials: Option<String>,
     /// Enforce only decisions of these origins, comma-separated, e.g. cscli,crowdsec,smtp-xdp;
