@@ -9,6 +9,9 @@ use tokio::io::unix::AsyncFd;
 use super::shared::Shared;
 use crate::events;
 
+/// Events handled at a time.
+const BATCH: usize = 1024;
+
 /// Reads the ring buffer until it fails or the task is dropped.
 pub async fn read(ring: RingBuf<MapData>, shared: Arc<Shared>) {
     // SAFETY: the ring buffer owns its descriptor for as long as the AsyncFd holds it, and
@@ -30,16 +33,29 @@ pub async fn read(ring: RingBuf<MapData>, shared: Arc<Shared>) {
         };
         let ring = guard.get_inner_mut();
         let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
+        let mut drained = false;
+        while batch.len() < BATCH {
+            let Some(item) = ring.next() else {
+                drained = true;
+                break;
+            };
             if let Some(ev) = events::decode(&item) {
                 batch.push(ev);
             }
-            if batch.len() >= 1024 {
-                break;
-            }
         }
-        guard.clear_ready();
+        // Readiness is cleared only once the ring is empty: the ring buffer's descriptor
+        // becomes readable again only when the kernel writes the next event, so a backlog left
+        // behind a full batch would wait for it (after a flood, the one event that matters, a
+        // real flooder's first drop, sat behind thousands of old ones until a later event).
+        if drained {
+            guard.clear_ready();
+        }
+        drop(guard);
         shared.log_events(&batch, "kernel");
+        if !drained {
+            // Let the other tasks run between batches of a backlog.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
