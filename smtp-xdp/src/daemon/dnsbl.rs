@@ -275,6 +275,11 @@ impl Service {
     /// Starts lookups of waiting sources, newest first, as far as the bounds allow; those that
     /// waited too long are dropped.
     fn start_waiting(&mut self) {
+        if self.config.is_none() {
+            // Lists switched off by a reload: nobody is to be asked any more.
+            self.waiting.clear();
+            return;
+        }
         let now = Instant::now();
         let stale = self
             .waiting
