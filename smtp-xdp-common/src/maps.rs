@@ -31,9 +31,10 @@ pub mod names {
     pub const TRUSTED: &str = "TRUSTED";
     pub const CROWDSEC_V4: &str = "CROWDSEC_V4";
     pub const CROWDSEC_V6: &str = "CROWDSEC_V6";
+    pub const CLOCK: &str = "CLOCK";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 27] = [
+    pub const PINNED: [&str; 28] = [
         POLICY,
         SELECT,
         PORT_SLOTS,
@@ -61,6 +62,7 @@ pub mod names {
         TRUSTED,
         CROWDSEC_V4,
         CROWDSEC_V6,
+        CLOCK,
     ];
 }
 

@@ -17,7 +17,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -122,6 +122,10 @@ struct ScanArea {
 
 #[map]
 static SCAN_BUF: PerCpuArray<ScanArea> = PerCpuArray::with_max_entries(1, 0);
+/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (the time spent suspended), published by whoever sets up
+/// the maps and kept current by the controller's sweeps: see `now`.
+#[map]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 /// Written by the controller only (layout version and attachment facts).
 #[map]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
@@ -218,10 +222,20 @@ fn present_tries() -> u32 {
     }
 }
 
+/// The boot clock (CLOCK_BOOTTIME, the clock of every timestamp in the maps) at tick resolution:
+/// the coarse monotonic clock plus the published suspend offset. `bpf_ktime_get_boot_ns` would be
+/// exact to the nanosecond, but it reads the TSC with a serialising instruction that costs a fifth
+/// of a SYN verdict (docs/benchmarks.md, issue 17). The coarse clock lags by at most a tick, and
+/// an offset not yet refreshed after a resume only lags more: every decision errs strict (a
+/// bucket refills, a ban ends, at most that much late), never lenient.
 #[inline(always)]
 fn now() -> u64 {
+    let suspended = match CLOCK.get(0) {
+        Some(&ns) => ns,
+        None => 0,
+    };
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(suspended)
 }
 
 #[inline(always)]

@@ -1,17 +1,53 @@
-//! Time as the kernel program sees it: `bpf_ktime_get_boot_ns`, i.e. CLOCK_BOOTTIME (which keeps
-//! counting through suspend), and its conversion to wall-clock time for state files and logs.
+//! Time as the kernel program sees it, CLOCK_BOOTTIME (which keeps counting through suspend), and
+//! its conversion to wall-clock time for state files and logs.
+//!
+//! The program reads it at tick resolution, as the coarse monotonic clock plus the time spent
+//! suspended, which the controller publishes in the `CLOCK` map ([`suspended_ns`]): so the
+//! kernel's "now" trails [`boot_ns`] by up to one [`tick`], never leads it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Nanoseconds of CLOCK_BOOTTIME, the clock of every timestamp in the maps.
-pub fn boot_ns() -> u64 {
+fn read(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: a valid clock id and out-pointer; CLOCK_BOOTTIME cannot fail on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: a valid clock id and out-pointer; these clocks cannot fail on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME, the clock of every timestamp in the maps.
+pub fn boot_ns() -> u64 {
+    read(libc::CLOCK_BOOTTIME)
+}
+
+/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC: how long this machine has been suspended since boot,
+/// which the kernel program adds to its coarse monotonic clock. Read between two monotonic
+/// readings, so the jitter of the three reads cannot make it lead the boot clock; 0 on a machine
+/// that never slept (up to the reads' jitter).
+pub fn suspended_ns() -> u64 {
+    let before = read(libc::CLOCK_MONOTONIC);
+    let boot = read(libc::CLOCK_BOOTTIME);
+    let after = read(libc::CLOCK_MONOTONIC);
+    boot.saturating_sub(after.max(before))
+}
+
+/// The resolution of the kernel program's clock: one scheduler tick (1/HZ), the most by which
+/// the kernel's "now" trails [`boot_ns`].
+pub fn tick() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-pointer.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+    if ok {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        // HZ = 100, the coarsest tick Linux configures.
+        Duration::from_millis(10)
+    }
 }
 
 /// The wall-clock time of a boot-clock timestamp (approximate to the microsecond).
@@ -81,6 +117,18 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn the_kernel_clock_trails_the_boot_clock_by_at_most_a_tick() {
+        let tick = tick();
+        assert!(tick > Duration::ZERO && tick <= Duration::from_millis(10));
+        // What the program computes: coarse monotonic plus the published offset.
+        let kernel = read(libc::CLOCK_MONOTONIC_COARSE) + suspended_ns();
+        let boot = boot_ns();
+        assert!(kernel <= boot, "the kernel's clock never leads");
+        // A tick, and 10 ms for the reads in between (a VM's vCPU may be descheduled).
+        assert!(boot - kernel <= tick.as_nanos() as u64 + 10_000_000);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use smtp_xdp_common::{
 };
 use thiserror::Error;
 
+use crate::clock;
+
 #[derive(Debug, Error)]
 pub enum MapsError {
     #[error("map {name}: {error}")]
@@ -188,6 +190,8 @@ pub struct Maps {
     pub storm: Array<MapData, u32>,
     pub meta: Array<MapData, Meta>,
     pub trusted: HashMap<MapData, SourceKey, Trust>,
+    /// The kernel's clock offset (see [`Maps::publish_clock`]).
+    pub clock: Array<MapData, u64>,
 }
 
 /// Where maps come from: a loaded program or a pin directory.
@@ -271,6 +275,7 @@ impl Maps {
             storm: take(s, names::STORM)?,
             meta: take(s, names::META)?,
             trusted: take(s, names::TRUSTED)?,
+            clock: take(s, names::CLOCK)?,
         })
     }
 
@@ -419,6 +424,23 @@ impl Maps {
 
     pub fn set_meta(&mut self, meta: &Meta) -> Result<()> {
         self.meta.set(0, *meta, 0).map_err(map_err(names::META))
+    }
+
+    // --- the kernel's clock -------------------------------------------------------------------
+
+    /// Publishes how long the machine has been suspended ([`clock::suspended_ns`]), which the
+    /// program adds to its coarse monotonic clock to read the boot clock. Whoever sets up the maps
+    /// calls it before the first verdict, and the sweeps after every resume; until then the
+    /// program's clock only trails, which makes every decision stricter, never laxer.
+    pub fn publish_clock(&mut self) -> Result<()> {
+        self.clock
+            .set(0, clock::suspended_ns(), 0)
+            .map_err(map_err(names::CLOCK))
+    }
+
+    /// The offset the program adds to its clock.
+    pub fn published_clock(&self) -> Result<u64> {
+        self.clock.get(&0, 0).map_err(map_err(names::CLOCK))
     }
 
     // --- which tries hold entries -------------------------------------------------------------

@@ -92,6 +92,7 @@ impl Kernel {
         .unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.set_policy(&settings.policy()).expect("set policy");
+        maps.publish_clock().expect("publish the clock offset");
         Kernel { ebpf, maps }
     }
 

@@ -61,8 +61,9 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
     // an IPv6 range, and one already expired.
     let mut decision = Ban::manual(now, 3_600_000_000_000);
     decision.reason = smtp_xdp_common::ban_reason::CROWDSEC;
+    // Expired a second ago: the kernel's clock trails the model's by up to a tick.
     let mut expired = decision;
-    expired.until = now;
+    expired.until = now - 1_000_000_000;
     let decisions: Vec<(ipnet::IpNet, Ban)> = [
         ("198.18.101.0/26", decision),
         ("198.18.103.0/24", decision),
@@ -111,7 +112,11 @@ fn run(seed: u64, frames: u64, dry_run: bool, batv: bool) {
         let ip: std::net::IpAddr = a.parse().unwrap();
         let key = addr_key(ip, &policy);
         let t = Trust {
-            until: if i == 0 { now } else { now + 3_600_000_000_000 },
+            until: if i == 0 {
+                now - 1_000_000_000
+            } else {
+                now + 3_600_000_000_000
+            },
             since: now,
             addr: key.addr(),
             score: -5,

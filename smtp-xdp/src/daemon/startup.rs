@@ -117,6 +117,7 @@ pub fn start(
         );
     }
     maps.set_policy(&settings.policy())?;
+    maps.publish_clock()?;
     if adopted.is_none() {
         if let Some(saved) = saved {
             let _lists = pins::lists_lock(iface)?;

@@ -1,5 +1,6 @@
-//! Sweeps expired bans and counts the penalty box every 10 s, on a blocking thread with its own
-//! map handles: walking up to max-bans entries never holds the lock the policy service needs.
+//! Sweeps expired bans, counts the penalty box and republishes the kernel's clock offset every
+//! 10 s, on a blocking thread with its own map handles: walking up to max-bans entries never
+//! holds the lock the policy service needs.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +24,8 @@ pub async fn run(shared: Arc<Shared>) {
 fn sweep_once(s: &Shared) -> anyhow::Result<()> {
     let _lists = pins::lists_lock(&s.iface)?;
     let mut maps = Maps::open(&s.dir)?;
+    // After a resume the kernel's clock trails by the time suspended until this republishes it.
+    maps.publish_clock()?;
     let now = clock::boot_ns();
     let memory = maps.policy()?.map_or(0, |p| p.ban_memory_ns);
     let removed = maps.sweep_bans(now, memory, s.bans_capacity as u32)?;
