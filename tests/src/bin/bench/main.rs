@@ -9,6 +9,7 @@ mod observe;
 mod plot;
 mod report;
 mod storm;
+mod testrun;
 
 use std::{
     fmt::Write as _,
@@ -23,7 +24,7 @@ use smtp_xdp_common::{Ban, SourceKey, SourceState, FAMILY_V4, FAMILY_V6};
 use smtp_xdp_tests::{
     frames::Frame,
     lab::{sh, Lab},
-    Kernel,
+    Kernel, XDP_DROP,
 };
 
 use report::{PathRow, Report, Row};
@@ -207,12 +208,13 @@ fn fast_settings() -> Settings {
 }
 
 /// xdp-filter (xdp-tools) attached to a veth in a lab of its own, denying one source; each
-/// sample runs its program (libxdp's dispatcher and xdp-filter behind it) on a frame with
-/// `bpftool prog run`, the same `BPF_PROG_TEST_RUN` as smtp-xdp's rows.
+/// sample runs its program (libxdp's dispatcher and xdp-filter behind it) on the frame with the
+/// same timed `BPF_PROG_TEST_RUN` as smtp-xdp's rows.
 struct XdpFilter {
     lab: Lab,
-    id: String,
-    frame_file: std::path::PathBuf,
+    /// Its dispatcher, run in-process like smtp-xdp's programs.
+    prog: Option<aya::programs::ProgramFd>,
+    frame: Vec<u8>,
     /// Whether libxdp's state directory existed before (it is removed again if not).
     had_libxdp_dir: bool,
 }
@@ -238,8 +240,8 @@ impl XdpFilter {
         // From here on, `Drop` unloads it.
         let mut filter = XdpFilter {
             lab,
-            id: String::new(),
-            frame_file: std::path::PathBuf::new(),
+            prog: None,
+            frame: frame.to_vec(),
             had_libxdp_dir,
         };
         if !load.status.success() {
@@ -260,45 +262,25 @@ impl XdpFilter {
                 .stdout,
         )
         .to_string();
-        filter.id = link
+        let id: u32 = link
             .split("prog/xdp id ")
             .nth(1)?
             .split_whitespace()
             .next()?
-            .to_string();
-        filter.frame_file = filter.lab.path("frame.bin");
-        std::fs::write(&filter.frame_file, frame).ok()?;
+            .parse()
+            .ok()?;
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)?;
+        filter.prog = Some(info.fd().ok()?);
         Some(filter)
     }
 
-    /// ns/packet of one `bpftool prog run` of `repeat` repetitions.
+    /// ns/packet of one run of `repeat` repetitions.
     fn sample(&self, repeat: u32) -> Option<f64> {
-        let out = Command::new("bpftool")
-            .args([
-                "prog",
-                "run",
-                "id",
-                &self.id,
-                "data_in",
-                self.frame_file.to_str()?,
-                "repeat",
-                &repeat.to_string(),
-            ])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            text.contains("Return value: 1"),
-            "xdp-filter did not drop: {text}"
-        );
-        text.split("duration (average): ")
-            .nth(1)?
-            .split("ns")
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        let s = testrun::run(self.prog.as_ref()?.as_fd(), &self.frame, repeat).ok()?;
+        assert_eq!(s.action, XDP_DROP, "xdp-filter did not drop the SYN");
+        Some(s.ns)
     }
 }
 
@@ -318,6 +300,42 @@ impl Drop for XdpFilter {
     }
 }
 
+/// Attaches `program` of `kernel` to a veth of its own in `lab`'s server namespace (the `n`th),
+/// for the rest of section 1. `BPF_PROG_TEST_RUN` of an XDP program puts it into the kernel's XDP
+/// dispatcher and takes it out again after the run unless it is attached somewhere, and each
+/// change waits for RCU grace periods: milliseconds of wall time per call that the kernel's own
+/// timer leaves out but the userspace timing would not. Attached, like xdp-filter, it stays in.
+fn keep_in_dispatcher(lab: &Lab, n: usize, kernel: &mut Kernel, program: &str) {
+    let (iface, peer) = (format!("xdpb{n}"), format!("xdpb{n}p"));
+    let ns = &lab.server_ns;
+    sh(Command::new("ip").args([
+        "-n", ns, "link", "add", &iface, "type", "veth", "peer", "name", &peer,
+    ]));
+    for i in [&iface, &peer] {
+        sh(Command::new("ip").args(["-n", ns, "link", "set", i, "up"]));
+    }
+    let prog: &mut aya::programs::Xdp = kernel
+        .ebpf
+        .program_mut(program)
+        .expect("program exists")
+        .try_into()
+        .expect("an XDP program");
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let f = std::fs::File::open(&path).expect("namespace file");
+                // SAFETY: setns on this thread only, with a namespace file descriptor we opened.
+                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns into {path}");
+                prog.attach(&iface, aya::programs::XdpMode::Driver)
+                    .unwrap_or_else(|e| panic!("attaching {program} to {iface} in {ns}: {e}"));
+            })
+            .join()
+            .expect("attach thread");
+    });
+}
+
 /// One path of section 1: a frame through a program of a loaded kernel, or xdp-filter.
 enum Path<'a> {
     Program {
@@ -335,7 +353,18 @@ impl Path<'_> {
                 kernel,
                 program,
                 frame,
-            } => kernel.run_program(program, frame, repeat).1.as_nanos() as f64,
+            } => {
+                let prog: &aya::programs::Xdp = kernel
+                    .ebpf
+                    .program(program)
+                    .expect("program exists")
+                    .try_into()
+                    .expect("an XDP program");
+                let fd = prog.fd().expect("a loaded program");
+                testrun::run(fd.as_fd(), frame, repeat)
+                    .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program}: {e}"))
+                    .ns
+            }
             Path::XdpFilter(f) => f.sample(repeat).unwrap_or(f64::NAN),
         }
     }
@@ -354,8 +383,8 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
         ..Settings::default()
     };
     // One kernel per state, so that no path pays for another's lists or bans.
-    let fast = Kernel::load(&fast_settings());
-    let limited = Kernel::load(&slow);
+    let mut fast = Kernel::load(&fast_settings());
+    let mut limited = Kernel::load(&slow);
     let mut banned = Kernel::load(&slow);
     let now = smtp_xdp::clock::boot_ns();
     let key = smtp_xdp::maps::addr_key("198.18.0.9".parse().unwrap(), &banned.policy());
@@ -375,6 +404,21 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
         .maps
         .list_edit(List::Allow, &"198.18.0.10/32".parse().unwrap(), true)
         .expect("allow");
+    let dispatcher_lab = Lab::new();
+    let mut pass = Kernel::load(&fast_settings());
+    for (n, (kernel, program)) in [
+        (&mut pass, program::PASS_PROGRAM),
+        (&mut fast, program::PROGRAM),
+        (&mut limited, program::PROGRAM),
+        (&mut banned, program::PROGRAM),
+        (&mut denied, program::PROGRAM),
+        (&mut allowed, program::PROGRAM),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        keep_in_dispatcher(&dispatcher_lab, n, kernel, program);
+    }
     let syn = Frame::syn("198.18.0.7", 25).build();
     let filter = XdpFilter::load(&syn);
     if filter.is_none() {
@@ -389,7 +433,7 @@ fn per_packet(mode: &Mode, report: &mut Report) -> Vec<(String, f64)> {
     let mut paths: Vec<(String, Path)> = vec![
         (
             BASELINE.into(),
-            on(&fast, program::PASS_PROGRAM, syn.clone()),
+            on(&pass, program::PASS_PROGRAM, syn.clone()),
         ),
         (
             "non-SMTP packet (TCP to port 443)".into(),
