@@ -79,6 +79,28 @@ pub mod select {
     pub const COUNT: u32 = 4;
 }
 
+/// Slots of the `CLOCK` array, how the program reads the boot clock (CLOCK_BOOTTIME, the clock of
+/// every timestamp in the maps) without a clock-source read per verdict.
+///
+/// Calibrated (`NS_PER_JIFFY` != 0), "now" is `jiffies * NS_PER_JIFFY + JIFFY_BASE`: the verifier
+/// inlines `bpf_jiffies64` into one load, and the kernel advances jiffies by exactly one tick of
+/// CLOCK_MONOTONIC each (so the epoch does not drift). Before that, it is the coarse monotonic
+/// clock plus `SUSPENDED`. Either way it trails the boot clock by up to a tick. Each slot is
+/// one 8-byte store; writers set `JIFFY_BASE` before `NS_PER_JIFFY`.
+pub mod clock_slot {
+    /// CLOCK_BOOTTIME − CLOCK_MONOTONIC: the time spent suspended since boot.
+    pub const SUSPENDED: u32 = 0;
+    /// Nanoseconds of CLOCK_MONOTONIC per jiffy (the kernel's TICK_NSEC); 0 = not calibrated.
+    pub const NS_PER_JIFFY: u32 = 1;
+    /// CLOCK_MONOTONIC at jiffy 0 as calibrated (wrapping: jiffies start near 2^32).
+    pub const JIFFY_EPOCH: u32 = 2;
+    /// `JIFFY_EPOCH + SUSPENDED` (wrapping), what the program adds.
+    pub const JIFFY_BASE: u32 = 3;
+    /// Three slots the sampler program writes: coarse clock, jiffies, coarse clock again.
+    pub const SAMPLE: u32 = 4;
+    pub const COUNT: u32 = 7;
+}
+
 /// Bits of `SELECT[select::PRESENT]`. A writer sets a bit before the first entry goes in and
 /// clears it only after seeing the trie empty, under the lists lock, so the kernel never skips a
 /// trie that holds an entry.

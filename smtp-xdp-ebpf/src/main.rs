@@ -17,14 +17,14 @@ use core::{
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_EXIST, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
     EbpfContext,
 };
 use smtp_xdp_common::{
-    bans, bounce,
+    bans, bounce, clock_slot,
     decide::{self, BanEnv, BounceVerdict, RateOutcome, SynEnv, SynVerdict},
     event_kind,
     limiter::Gcra,
@@ -122,10 +122,10 @@ struct ScanArea {
 
 #[map]
 static SCAN_BUF: PerCpuArray<ScanArea> = PerCpuArray::with_max_entries(1, 0);
-/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (the time spent suspended), published by whoever sets up
-/// the maps and kept current by the controller's sweeps: see `now`.
+/// How to read the boot clock (`smtp_xdp_common::clock_slot`), published by whoever sets up the
+/// maps and kept current by the controller's sweeps: see `now`.
 #[map]
-static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+static CLOCK: Array<u64> = Array::with_max_entries(clock_slot::COUNT, 0);
 /// Written by the controller only (layout version and attachment facts).
 #[map]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
@@ -223,19 +223,55 @@ fn present_tries() -> u32 {
 }
 
 /// The boot clock (CLOCK_BOOTTIME, the clock of every timestamp in the maps) at tick resolution:
-/// the coarse monotonic clock plus the published suspend offset. `bpf_ktime_get_boot_ns` would be
-/// exact to the nanosecond, but it reads the TSC with a serialising instruction that costs a fifth
-/// of a SYN verdict (docs/benchmarks.md, issue 17). The coarse clock lags by at most a tick, and
-/// an offset not yet refreshed after a resume only lags more: every decision errs strict (a
-/// bucket refills, a ban ends, at most that much late), never lenient.
+/// jiffies scaled and offset as calibrated by the controller, or before that the coarse monotonic
+/// clock plus the suspend offset (`smtp_xdp_common::clock_slot`). `bpf_ktime_get_boot_ns` would
+/// be exact to the nanosecond, but reads the TSC with a serialising instruction that cost a fifth
+/// to a third of a SYN verdict, and the coarse clock's helper call 2 ns more than the jiffies load
+/// the verifier inlines (docs/benchmarks.md, issue 17). Tick resolution trails by at most a tick,
+/// and an offset not yet refreshed after a resume only trails more: every decision errs strict
+/// (a bucket refills, a ban ends, at most that much late).
 #[inline(always)]
 fn now() -> u64 {
-    let suspended = match CLOCK.get(0) {
-        Some(&ns) => ns,
-        None => 0,
-    };
+    let per_jiffy = clock_word(clock_slot::NS_PER_JIFFY);
+    if per_jiffy != 0 {
+        // SAFETY: a helper without arguments.
+        let jiffies = unsafe { bpf_jiffies64() };
+        return jiffies
+            .wrapping_mul(per_jiffy)
+            .wrapping_add(clock_word(clock_slot::JIFFY_BASE));
+    }
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(suspended)
+    unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(clock_word(clock_slot::SUSPENDED))
+}
+
+#[inline(always)]
+fn clock_word(slot: u32) -> u64 {
+    match CLOCK.get(slot) {
+        Some(&w) => w,
+        None => 0,
+    }
+}
+
+/// Samples the coarse clock, jiffies and the coarse clock again into `CLOCK`, for the
+/// controller's calibration (run with `BPF_PROG_TEST_RUN`, never attached).
+#[xdp]
+pub fn clock_sample(_ctx: XdpContext) -> u32 {
+    // SAFETY: helpers without arguments, called in this order (left to right).
+    let (before, jiffies, after) = unsafe {
+        (
+            bpf_ktime_get_coarse_ns(),
+            bpf_jiffies64(),
+            bpf_ktime_get_coarse_ns(),
+        )
+    };
+    let at = clock_slot::SAMPLE;
+    for (slot, v) in [(at, before), (at + 1, jiffies), (at + 2, after)] {
+        if let Some(p) = CLOCK.get_ptr_mut(slot) {
+            // SAFETY: a slot of the array that only this program writes.
+            unsafe { *p = v };
+        }
+    }
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

@@ -1,9 +1,11 @@
 //! Time as the kernel program sees it, CLOCK_BOOTTIME (which keeps counting through suspend), and
 //! its conversion to wall-clock time for state files and logs.
 //!
-//! The program reads it at tick resolution, as the coarse monotonic clock plus the time spent
-//! suspended, which the controller publishes in the `CLOCK` map ([`suspended_ns`]): so the
-//! kernel's "now" trails [`boot_ns`] by up to one [`tick`], never leads it.
+//! The program reads it at tick resolution, as jiffies times the [`tick`] plus an epoch the
+//! controller calibrates (`program::calibrate_clock`), or before that as the coarse monotonic
+//! clock, in both cases plus the time spent suspended ([`suspended_ns`]), all published in the
+//! `CLOCK` map: so the kernel's "now" trails [`boot_ns`] by up to a tick (and may lead it by the
+//! microseconds a tick interrupt is late).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,7 +125,7 @@ mod tests {
     fn the_kernel_clock_trails_the_boot_clock_by_at_most_a_tick() {
         let tick = tick();
         assert!(tick > Duration::ZERO && tick <= Duration::from_millis(10));
-        // What the program computes: coarse monotonic plus the published offset.
+        // What the program computes before calibration: coarse monotonic plus the offset.
         let kernel = read(libc::CLOCK_MONOTONIC_COARSE) + suspended_ns();
         let boot = boot_ns();
         assert!(kernel <= boot, "the kernel's clock never leads");

@@ -13,8 +13,9 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_xdp_common::{
-    names, port_flags, present, select, Ban, BounceState, Counter, Meta, Policy, PortStats,
-    SourceKey, SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_IPV6_PREFIX, MAX_PORTS,
+    clock_slot, names, port_flags, present, select, Ban, BounceState, Counter, Meta, Policy,
+    PortStats, SourceKey, SourceState, Trust, UserCounter, FAMILY_V4, FAMILY_V6, MAX_IPV6_PREFIX,
+    MAX_PORTS,
 };
 use thiserror::Error;
 
@@ -429,18 +430,56 @@ impl Maps {
     // --- the kernel's clock -------------------------------------------------------------------
 
     /// Publishes how long the machine has been suspended ([`clock::suspended_ns`]), which the
-    /// program adds to its coarse monotonic clock to read the boot clock. Whoever sets up the maps
-    /// calls it before the first verdict, and the sweeps after every resume; until then the
-    /// program's clock only trails, which makes every decision stricter, never laxer.
+    /// program adds to its monotonic clock (jiffies or coarse) to read the boot clock. Whoever
+    /// sets up the maps calls it (through [`crate::program::calibrate_clock`]) before the first
+    /// verdict, and the sweeps after every resume; until then the program's clock only trails,
+    /// which makes every decision stricter, never laxer.
     pub fn publish_clock(&mut self) -> Result<()> {
-        self.clock
-            .set(0, clock::suspended_ns(), 0)
-            .map_err(map_err(names::CLOCK))
+        let suspended = clock::suspended_ns();
+        self.set_clock_word(clock_slot::SUSPENDED, suspended)?;
+        if self.clock_word(clock_slot::NS_PER_JIFFY)? != 0 {
+            let epoch = self.clock_word(clock_slot::JIFFY_EPOCH)?;
+            self.set_clock_word(clock_slot::JIFFY_BASE, epoch.wrapping_add(suspended))?;
+        }
+        Ok(())
     }
 
-    /// The offset the program adds to its clock.
-    pub fn published_clock(&self) -> Result<u64> {
-        self.clock.get(&0, 0).map_err(map_err(names::CLOCK))
+    /// Switches the program to the jiffies clock: `epoch` is CLOCK_MONOTONIC at jiffy 0 and
+    /// `ns_per_jiffy` the tick. The base goes in before the scale, so no verdict reads one
+    /// without the other.
+    pub fn set_jiffies_clock(&mut self, epoch: u64, ns_per_jiffy: u64) -> Result<()> {
+        let suspended = clock::suspended_ns();
+        self.set_clock_word(clock_slot::SUSPENDED, suspended)?;
+        self.set_clock_word(clock_slot::JIFFY_EPOCH, epoch)?;
+        self.set_clock_word(clock_slot::JIFFY_BASE, epoch.wrapping_add(suspended))?;
+        self.set_clock_word(clock_slot::NS_PER_JIFFY, ns_per_jiffy)
+    }
+
+    /// Back to the coarse clock (calibration failed): the scale goes to 0 first.
+    pub fn set_coarse_clock(&mut self) -> Result<()> {
+        self.set_clock_word(clock_slot::NS_PER_JIFFY, 0)?;
+        self.publish_clock()
+    }
+
+    /// The sampler program's last sample: coarse clock, jiffies, coarse clock.
+    pub fn clock_sample(&self) -> Result<[u64; 3]> {
+        let at = clock_slot::SAMPLE;
+        Ok([
+            self.clock_word(at)?,
+            self.clock_word(at + 1)?,
+            self.clock_word(at + 2)?,
+        ])
+    }
+
+    /// One slot of `CLOCK` (`smtp_xdp_common::clock_slot`).
+    pub fn clock_word(&self, slot: u32) -> Result<u64> {
+        self.clock.get(&slot, 0).map_err(map_err(names::CLOCK))
+    }
+
+    fn set_clock_word(&mut self, slot: u32, value: u64) -> Result<()> {
+        self.clock
+            .set(slot, value, 0)
+            .map_err(map_err(names::CLOCK))
     }
 
     // --- which tries hold entries -------------------------------------------------------------

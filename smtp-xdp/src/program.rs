@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use aya::{
-    programs::{links::FdLink, ProgramError, Xdp, XdpMode as AyaXdpMode},
+    programs::{links::FdLink, ProgramError, TestRun as _, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
 use smtp_xdp_common::names;
@@ -20,6 +20,8 @@ pub const PROGRAM: &str = "smtp_xdp";
 pub const PASS_PROGRAM: &str = "xdp_pass";
 /// A program that drops everything: the floor of the benchmarks' driver path.
 pub const DROP_PROGRAM: &str = "xdp_drop";
+/// The clock sampler [`calibrate_clock`] runs (never attached).
+pub const CLOCK_PROGRAM: &str = "clock_sample";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -32,6 +34,8 @@ pub enum LoadError {
     },
     #[error("program {0} is missing from the object")]
     Missing(&'static str),
+    #[error("calibrating the program's clock: {0}")]
+    Clock(crate::maps::MapsError),
     #[error("XDP link: {0}")]
     Link(aya::programs::links::LinkError),
     #[error("cannot attach XDP to {iface} in {mode} mode: {}", chain(.error))]
@@ -118,6 +122,67 @@ pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, L
             })?;
     }
     Ok(ebpf)
+}
+
+/// How many sampler runs [`calibrate_clock`] tries: a run takes about a microsecond, so one
+/// straddles a tick about once in a thousand, and 32 in a row do not.
+const CLOCK_SAMPLES: usize = 32;
+
+/// Switches the limiter's clock to jiffies (one inlined load per verdict instead of a helper
+/// call), calibrated from the sampler `CLOCK_PROGRAM` (loaded in `ebpf`): a run that saw the
+/// same coarse time before and after reading jiffies pins jiffy `j` to coarse time `c`, the
+/// time of the tick that made it `j`, so `c - j * tick` is CLOCK_MONOTONIC at jiffy 0, and every
+/// later jiffy is exactly one tick of it. A second run checks the result against the coarse
+/// clock; if that check fails, or no run was clean, the program keeps the coarse clock (a helper
+/// call more per verdict, the same time) and this returns false.
+pub fn calibrate_clock(ebpf: &mut Ebpf, maps: &mut crate::maps::Maps) -> Result<bool, LoadError> {
+    let tick = crate::clock::tick().as_nanos() as u64;
+    let prog = xdp(ebpf, CLOCK_PROGRAM)?;
+    let frame = [0u8; 64];
+    let sample = || -> Result<Option<(u64, u64)>, LoadError> {
+        prog.test_run(aya::programs::TestRunOptions {
+            data_in: Some(&frame),
+            ..Default::default()
+        })
+        .map_err(|error| LoadError::Program {
+            name: CLOCK_PROGRAM,
+            error,
+        })?;
+        let [before, jiffies, after] = maps.clock_sample().map_err(LoadError::Clock)?;
+        Ok((before == after && before != 0).then_some((before, jiffies)))
+    };
+    let mut epoch = None;
+    for _ in 0..CLOCK_SAMPLES {
+        if let Some((coarse, jiffies)) = sample()? {
+            epoch = Some(coarse.wrapping_sub(jiffies.wrapping_mul(tick)));
+            break;
+        }
+    }
+    // The check: a later clean sample, read through the epoch, lands within a tick of its
+    // coarse time (a jiffy read just before its tick's timekeeping update reads one tick ahead
+    // of the coarse clock, and then the epoch is one tick low: strict, and allowed).
+    let checked = epoch.and_then(|epoch| {
+        (0..CLOCK_SAMPLES).find_map(|_| match sample() {
+            Ok(Some((coarse, jiffies))) => {
+                let derived = jiffies.wrapping_mul(tick).wrapping_add(epoch);
+                let lead = derived.wrapping_sub(coarse) as i64;
+                let slack = (tick + tick / 2) as i64;
+                Some((-slack..=slack).contains(&lead).then_some(epoch))
+            }
+            _ => None,
+        })?
+    });
+    match checked {
+        Some(epoch) if tick != 0 => {
+            maps.set_jiffies_clock(epoch, tick)
+                .map_err(LoadError::Clock)?;
+            Ok(true)
+        }
+        _ => {
+            maps.set_coarse_clock().map_err(LoadError::Clock)?;
+            Ok(false)
+        }
+    }
 }
 
 /// The XDP program `name` of a loaded object.

@@ -87,12 +87,16 @@ impl Kernel {
                 program::PROGRAM,
                 program::PASS_PROGRAM,
                 program::DROP_PROGRAM,
+                program::CLOCK_PROGRAM,
             ],
         )
         .unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.set_policy(&settings.policy()).expect("set policy");
-        maps.publish_clock().expect("publish the clock offset");
+        assert!(
+            program::calibrate_clock(&mut ebpf, &mut maps).expect("calibrate the clock"),
+            "the jiffies clock calibrates"
+        );
         Kernel { ebpf, maps }
     }
 

@@ -417,3 +417,46 @@ fn counters_match_verdicts_exactly() {
     assert_eq!(get(Counter::SynAdmitted), 14, "2 per source, 7 sources");
     assert_eq!(get(Counter::SourcesCreated), 7);
 }
+
+/// The program's clock (jiffies, as calibrated at load) reads the boot clock to within a tick:
+/// an event's time lies between the boot-clock readings around the frame that caused it, less
+/// at most a tick (and the calibration's microseconds) before.
+#[test]
+fn the_kernel_clock_reads_the_boot_clock_to_a_tick() {
+    require_bpf!();
+    use smtp_xdp::clock;
+    let mut k = Kernel::load(&slow_settings(1));
+    let tick = clock::tick().as_nanos() as u64;
+    assert_eq!(
+        k.maps
+            .clock_word(smtp_xdp_common::clock_slot::NS_PER_JIFFY)
+            .unwrap(),
+        tick,
+        "calibrated to one tick per jiffy"
+    );
+    let mut ring = aya::maps::RingBuf::try_from(k.ebpf.take_map("EVENTS").unwrap()).unwrap();
+    for i in 0..20u8 {
+        let syn = Frame::syn(&format!("198.18.9.{}", i + 1), 25).build();
+        assert_eq!(k.run(&syn), XDP_PASS);
+        let before = clock::boot_ns();
+        assert_eq!(k.run(&syn), XDP_DROP, "over the burst: a first drop");
+        let after = clock::boot_ns();
+        let mut at = None;
+        while let Some(item) = ring.next() {
+            let ev = smtp_xdp::events::decode(&item).expect("a whole event");
+            if ev.kind == smtp_xdp_common::event_kind::FIRST_DROP {
+                at = Some(ev.at);
+            }
+        }
+        let at = at.expect("a first-drop event");
+        assert!(
+            at <= after + 1_000_000,
+            "the kernel's clock leads: {at} > {after}"
+        );
+        assert!(
+            at + 2 * tick + 1_000_000 >= before,
+            "the kernel's clock trails by more than a tick: {at} vs {before}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+}

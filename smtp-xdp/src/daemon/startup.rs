@@ -96,7 +96,7 @@ pub fn start(
             max_bans: settings.max_bans,
             max_decisions: settings.crowdsec.max_decisions,
         },
-        &[program::PROGRAM],
+        &[program::PROGRAM, program::CLOCK_PROGRAM],
     )
     .context("loading the XDP program")?;
     let mut maps = Maps::take(&mut ebpf)?;
@@ -117,7 +117,11 @@ pub fn start(
         );
     }
     maps.set_policy(&settings.policy())?;
-    maps.publish_clock()?;
+    if !program::calibrate_clock(&mut ebpf, &mut maps)? {
+        tracing::warn!(
+            "the jiffies clock did not calibrate; verdicts read the coarse clock (same time, a helper call more per SYN)"
+        );
+    }
     if adopted.is_none() {
         if let Some(saved) = saved {
             let _lists = pins::lists_lock(iface)?;
