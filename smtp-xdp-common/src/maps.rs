@@ -725,6 +725,38 @@ pub struct Event {
     pub addr: [u8; 16],
 }
 
+impl Event {
+    /// What `BanEnv::event` reports, built alike by the kernel and the controller: a ban's reason,
+    /// level and length when the event is about one, else `count(kind)`, the count behind it (a
+    /// source's bounces for a bounce-limit event, its SYNs for a first drop), asked only then.
+    #[inline(always)]
+    pub fn about(
+        kind: u32,
+        key: SourceKey,
+        addr: [u8; 16],
+        at: u64,
+        ban: Option<&Ban>,
+        count: impl FnOnce(u32) -> u64,
+    ) -> Self {
+        let mut ev = Event {
+            kind,
+            key,
+            at,
+            addr,
+            ..Event::default()
+        };
+        match ban {
+            Some(b) => {
+                ev.reason = b.reason;
+                ev.level = b.level;
+                ev.value = b.until - b.since;
+            }
+            None => ev.value = count(kind),
+        }
+        ev
+    }
+}
+
 /// `META[0]`: stamped last when a controller finished setting up the pinned state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

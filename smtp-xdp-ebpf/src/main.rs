@@ -421,26 +421,17 @@ impl BanEnv for KernelEnv<'_> {
 
     #[inline(always)]
     fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
-        let mut ev = Event {
-            kind,
-            key: self.key,
-            at: now,
-            addr: self.seg.src,
-            ..Event::default()
-        };
-        if let Some(b) = ban {
-            ev.reason = b.reason;
-            ev.level = b.level;
-            ev.value = b.until - b.since;
-        } else if kind == event_kind::BOUNCE_LIMIT {
-            if let Some(b) = self.bounce_state(false) {
+        let ev = Event::about(kind, self.key, self.seg.src, now, ban, |kind| {
+            if kind == event_kind::BOUNCE_LIMIT {
                 // SAFETY: `b` points into the BOUNCERS value for this key.
-                ev.value = unsafe { (*b).bounces } as u64;
+                self.bounce_state(false)
+                    .map_or(0, |b| unsafe { (*b).bounces } as u64)
+            } else {
+                // SAFETY: `st` points into the SOURCES value for this key.
+                self.state(false)
+                    .map_or(0, |st| unsafe { (*st).syns } as u64)
             }
-        } else if let Some(st) = self.state(false) {
-            // SAFETY: `st` points into the SOURCES value for this key.
-            ev.value = unsafe { (*st).syns } as u64;
-        }
+        });
         if EVENTS.output::<Event>(&ev, 0).is_err() {
             count(Counter::EventsLost);
         }

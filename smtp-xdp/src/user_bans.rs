@@ -50,21 +50,15 @@ impl BanEnv for UserBans<'_> {
     }
 
     fn event(&mut self, kind: u32, ban: Option<&Ban>, now: u64) {
-        let mut ev = Event {
-            kind,
-            key: self.key,
-            at: now,
-            addr: self.addr,
-            ..Event::default()
-        };
-        if let Some(b) = ban {
-            ev.reason = b.reason;
-            ev.level = b.level;
-            ev.value = b.until - b.since;
-        } else if kind == event_kind::BOUNCE_LIMIT {
-            ev.value = self.bounces;
-        }
-        self.events.push(ev);
+        let bounces = self.bounces;
+        self.events
+            .push(Event::about(kind, self.key, self.addr, now, ban, |kind| {
+                if kind == event_kind::BOUNCE_LIMIT {
+                    bounces
+                } else {
+                    0
+                }
+            }));
     }
 
     fn count(&mut self, counter: Counter) {

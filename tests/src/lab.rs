@@ -341,25 +341,9 @@ impl Lab {
     /// [`Lab::start_controller`] with `wrapper` (e.g. `setpriv ...`) between the namespace entry
     /// and the binary.
     pub fn start_controller_as(&mut self, wrapper: &[&str], args: &[&str]) -> u32 {
-        let bin = crate::smtp_xdp_bin();
-        let state = self.dir.join("state");
+        let run = self.run_args(args);
         let mut all = wrapper.to_vec();
-        all.extend([
-            bin.to_str().unwrap(),
-            "run",
-            "--iface",
-            &self.server_if,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        let no_config = self.no_config();
-        if !args.contains(&"--config") {
-            all.extend(["--config", &no_config]);
-        }
-        if !args.contains(&"--metrics-listen") {
-            all.extend(["--metrics-listen", "off"]);
-        }
-        all.extend_from_slice(args);
+        all.extend(run.iter().map(String::as_str));
         let cmd = Self::in_net(&self.server_ns, &all);
         let n = self.children.len();
         let log = format!("controller-{n}.log");
@@ -478,26 +462,9 @@ impl Lab {
     /// Runs `smtp-xdp run` on the server veth (through `wrapper`, e.g. setpriv) expecting it to
     /// fail; returns its error output.
     pub fn run_controller_failing(&self, wrapper: &[&str], args: &[&str]) -> String {
-        let bin = crate::smtp_xdp_bin();
-        let state = self.dir.join("state");
+        let run = self.run_args(args);
         let mut all = wrapper.to_vec();
-        all.extend([
-            bin.to_str().unwrap(),
-            "run",
-            "--iface",
-            &self.server_if,
-            "--metrics-listen",
-            "off",
-        ]);
-        // The lab's state directory unless told otherwise: the default one is the package's.
-        if !args.contains(&"--state-dir") {
-            all.extend(["--state-dir", state.to_str().unwrap()]);
-        }
-        let no_config = self.no_config();
-        if !args.contains(&"--config") {
-            all.extend(["--config", &no_config]);
-        }
-        all.extend_from_slice(args);
+        all.extend(run.iter().map(String::as_str));
         let out = Self::in_net(&self.server_ns, &all)
             .output()
             .expect("run smtp-xdp");
@@ -628,24 +595,33 @@ impl Lab {
     /// lab's state directory, then `extra`) without waiting for it to attach; its output goes
     /// to `killed.log`.
     pub fn spawn_run(&mut self, extra: &[&str]) -> u32 {
-        let bin = crate::smtp_xdp_bin();
-        let state = self.path("state");
-        let no_config = self.no_config();
-        let mut args = vec![
-            bin.to_str().unwrap(),
-            "run",
-            "--iface",
-            &self.server_if,
-            "--metrics-listen",
-            "off",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--config",
-            &no_config,
-        ];
-        args.extend_from_slice(extra);
+        let run = self.run_args(extra);
+        let args: Vec<&str> = run.iter().map(String::as_str).collect();
         let cmd = Self::in_net(&self.server_ns, &args);
         self.spawn(cmd, "killed.log")
+    }
+
+    /// `smtp-xdp run` on the server veth with `args` last, and the lab's state directory, an
+    /// empty config and metrics off unless `args` set their own (the defaults are the package's).
+    fn run_args(&self, args: &[&str]) -> Vec<String> {
+        let bin = crate::smtp_xdp_bin();
+        let mut all: Vec<String> = [bin.to_str().unwrap(), "run", "--iface", &self.server_if]
+            .map(String::from)
+            .to_vec();
+        if !args.contains(&"--metrics-listen") {
+            all.extend(["--metrics-listen".into(), "off".into()]);
+        }
+        if !args.contains(&"--state-dir") {
+            all.extend([
+                "--state-dir".into(),
+                self.path("state").display().to_string(),
+            ]);
+        }
+        if !args.contains(&"--config") {
+            all.extend(["--config".into(), self.no_config()]);
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
     }
 
     /// A trafgen command sending `count` frames of the configuration file `cfg` from the client
