@@ -132,9 +132,9 @@ const CLOCK_SAMPLES: usize = 32;
 /// call), calibrated from the sampler `CLOCK_PROGRAM` (loaded in `ebpf`): a run that saw the
 /// same coarse time before and after reading jiffies pins jiffy `j` to coarse time `c`, the
 /// time of the tick that made it `j`, so `c - j * tick` is CLOCK_MONOTONIC at jiffy 0, and every
-/// later jiffy is exactly one tick of it. A second run checks the result against the coarse
-/// clock; if that check fails, or no run was clean, the program keeps the coarse clock (a helper
-/// call more per verdict, the same time) and this returns false.
+/// later jiffy is exactly one tick of it. A run three ticks later checks the result against the
+/// coarse clock; if that check fails, or no run was clean, the program keeps the coarse clock (a
+/// helper call more per verdict, the same time) and this returns false.
 pub fn calibrate_clock(ebpf: &mut Ebpf, maps: &mut crate::maps::Maps) -> Result<bool, LoadError> {
     let tick = crate::clock::tick().as_nanos() as u64;
     let prog = xdp(ebpf, CLOCK_PROGRAM)?;
@@ -158,9 +158,13 @@ pub fn calibrate_clock(ebpf: &mut Ebpf, maps: &mut crate::maps::Maps) -> Result<
             break;
         }
     }
-    // The check: a later clean sample, read through the epoch, lands within a tick of its
-    // coarse time (a jiffy read just before its tick's timekeeping update reads one tick ahead
-    // of the coarse clock, and then the epoch is one tick low: strict, and allowed).
+    // The check: a clean sample three ticks later, read through the epoch, lands within a tick
+    // and a half of its coarse time (a jiffy read just before its tick's timekeeping update
+    // reads a tick ahead of the coarse clock, and then the epoch is a tick low: strict, and
+    // allowed). Three ticks apart, a wrong tick length would miss by more.
+    if epoch.is_some() {
+        std::thread::sleep(std::time::Duration::from_nanos(3 * tick));
+    }
     let checked = epoch.and_then(|epoch| {
         (0..CLOCK_SAMPLES).find_map(|_| match sample() {
             Ok(Some((coarse, jiffies))) => {

@@ -418,7 +418,8 @@ fn counters_match_verdicts_exactly() {
     assert_eq!(get(Counter::SourcesCreated), 7);
 }
 
-/// The program's clock (jiffies, as calibrated at load) reads the boot clock to within a tick:
+/// The program's clock (jiffies, as calibrated at load, or the coarse clock) reads the boot clock
+/// to within a tick:
 /// an event's time lies between the boot-clock readings around the frame that caused it, less
 /// at most a tick (and the calibration's microseconds) before.
 #[test]
@@ -435,7 +436,12 @@ fn the_kernel_clock_reads_the_boot_clock_to_a_tick() {
         "calibrated to one tick per jiffy"
     );
     let mut ring = aya::maps::RingBuf::try_from(k.ebpf.take_map("EVENTS").unwrap()).unwrap();
+    // The first ten sources on the jiffies clock, the last ten on the coarse clock the program
+    // falls back to when calibration fails.
     for i in 0..20u8 {
+        if i == 10 {
+            k.maps.set_coarse_clock().unwrap();
+        }
         let syn = Frame::syn(&format!("198.18.9.{}", i + 1), 25).build();
         assert_eq!(k.run(&syn), XDP_PASS);
         let before = clock::boot_ns();
