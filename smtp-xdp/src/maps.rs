@@ -191,7 +191,7 @@ pub struct Maps {
     pub storm: Array<MapData, u32>,
     pub meta: Array<MapData, Meta>,
     pub trusted: HashMap<MapData, SourceKey, Trust>,
-    /// The kernel's clock offset (see [`Maps::publish_clock`]).
+    /// How the program reads the boot clock (`smtp_xdp_common::clock_slot`).
     pub clock: Array<MapData, u64>,
 }
 

@@ -128,17 +128,55 @@ pub fn load(opts: &LoadOptions<'_>, programs: &[&'static str]) -> Result<Ebpf, L
 /// straddles a tick about once in a thousand, and 32 in a row do not.
 const CLOCK_SAMPLES: usize = 32;
 
+/// The clock the program was left reading by [`calibrate_clock`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClockSource {
+    Jiffies,
+    /// The coarse clock (the same time, a helper call more per verdict), and why.
+    Coarse {
+        why: String,
+    },
+}
+
 /// Switches the limiter's clock to jiffies (one inlined load per verdict instead of a helper
 /// call), calibrated from the sampler `CLOCK_PROGRAM` (loaded in `ebpf`): a run that saw the
 /// same coarse time before and after reading jiffies pins jiffy `j` to coarse time `c`, the
 /// time of the tick that made it `j`, so `c - j * tick` is CLOCK_MONOTONIC at jiffy 0, and every
 /// later jiffy is exactly one tick of it. A run three ticks later checks the result against the
-/// coarse clock; if that check fails, or no run was clean, the program keeps the coarse clock (a
-/// helper call more per verdict, the same time) and this returns false.
-pub fn calibrate_clock(ebpf: &mut Ebpf, maps: &mut crate::maps::Maps) -> Result<bool, LoadError> {
+/// coarse clock. If the sampler cannot run, no run was clean or the check fails, the program is
+/// left on the coarse clock: an optimisation that does not calibrate never stops protection.
+/// Only a map that cannot be written is an error.
+pub fn calibrate_clock(
+    ebpf: &mut Ebpf,
+    maps: &mut crate::maps::Maps,
+) -> Result<ClockSource, LoadError> {
+    let why = match jiffy_epoch(ebpf, maps) {
+        Ok(Ok(epoch)) => {
+            let tick = crate::clock::tick().as_nanos() as u64;
+            maps.set_jiffies_clock(epoch, tick)
+                .map_err(LoadError::Clock)?;
+            return Ok(ClockSource::Jiffies);
+        }
+        Ok(Err(why)) => why.to_string(),
+        Err(LoadError::Clock(e)) => return Err(LoadError::Clock(e)),
+        Err(e) => format!("the sampler cannot run: {e}"),
+    };
+    maps.set_coarse_clock().map_err(LoadError::Clock)?;
+    Ok(ClockSource::Coarse { why })
+}
+
+/// CLOCK_MONOTONIC at jiffy 0, checked, or why there is none.
+fn jiffy_epoch(
+    ebpf: &mut Ebpf,
+    maps: &crate::maps::Maps,
+) -> Result<Result<u64, &'static str>, LoadError> {
     let tick = crate::clock::tick().as_nanos() as u64;
+    if tick == 0 {
+        return Ok(Err("the kernel reports no tick length"));
+    }
     let prog = xdp(ebpf, CLOCK_PROGRAM)?;
     let frame = [0u8; 64];
+    // A clean sample: (coarse time, jiffies) with no tick between the two coarse readings.
     let sample = || -> Result<Option<(u64, u64)>, LoadError> {
         prog.test_run(aya::programs::TestRunOptions {
             data_in: Some(&frame),
@@ -151,42 +189,35 @@ pub fn calibrate_clock(ebpf: &mut Ebpf, maps: &mut crate::maps::Maps) -> Result<
         let [before, jiffies, after] = maps.clock_sample().map_err(LoadError::Clock)?;
         Ok((before == after && before != 0).then_some((before, jiffies)))
     };
-    let mut epoch = None;
-    for _ in 0..CLOCK_SAMPLES {
-        if let Some((coarse, jiffies)) = sample()? {
-            epoch = Some(coarse.wrapping_sub(jiffies.wrapping_mul(tick)));
-            break;
+    let clean = || -> Result<Option<(u64, u64)>, LoadError> {
+        for _ in 0..CLOCK_SAMPLES {
+            if let Some(s) = sample()? {
+                return Ok(Some(s));
+            }
         }
-    }
+        Ok(None)
+    };
+    let Some((coarse, jiffies)) = clean()? else {
+        return Ok(Err("every sample straddled a tick"));
+    };
+    let epoch = coarse.wrapping_sub(jiffies.wrapping_mul(tick));
     // The check: a clean sample three ticks later, read through the epoch, lands within a tick
     // and a half of its coarse time (a jiffy read just before its tick's timekeeping update
     // reads a tick ahead of the coarse clock, and then the epoch is a tick low: strict, and
     // allowed). Three ticks apart, a wrong tick length would miss by more.
-    if epoch.is_some() {
-        std::thread::sleep(std::time::Duration::from_nanos(3 * tick));
+    std::thread::sleep(std::time::Duration::from_nanos(3 * tick));
+    let Some((coarse, jiffies)) = clean()? else {
+        return Ok(Err("every check sample straddled a tick"));
+    };
+    let lead = jiffies
+        .wrapping_mul(tick)
+        .wrapping_add(epoch)
+        .wrapping_sub(coarse) as i64;
+    let slack = (tick + tick / 2) as i64;
+    if !(-slack..=slack).contains(&lead) {
+        return Ok(Err("jiffies do not advance one tick each"));
     }
-    let checked = epoch.and_then(|epoch| {
-        (0..CLOCK_SAMPLES).find_map(|_| match sample() {
-            Ok(Some((coarse, jiffies))) => {
-                let derived = jiffies.wrapping_mul(tick).wrapping_add(epoch);
-                let lead = derived.wrapping_sub(coarse) as i64;
-                let slack = (tick + tick / 2) as i64;
-                Some((-slack..=slack).contains(&lead).then_some(epoch))
-            }
-            _ => None,
-        })?
-    });
-    match checked {
-        Some(epoch) if tick != 0 => {
-            maps.set_jiffies_clock(epoch, tick)
-                .map_err(LoadError::Clock)?;
-            Ok(true)
-        }
-        _ => {
-            maps.set_coarse_clock().map_err(LoadError::Clock)?;
-            Ok(false)
-        }
-    }
+    Ok(Ok(epoch))
 }
 
 /// The XDP program `name` of a loaded object.

@@ -93,8 +93,9 @@ impl Kernel {
         .unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.set_policy(&settings.policy()).expect("set policy");
-        assert!(
+        assert_eq!(
             program::calibrate_clock(&mut ebpf, &mut maps).expect("calibrate the clock"),
+            program::ClockSource::Jiffies,
             "the jiffies clock calibrates"
         );
         Kernel { ebpf, maps }

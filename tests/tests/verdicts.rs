@@ -419,9 +419,8 @@ fn counters_match_verdicts_exactly() {
 }
 
 /// The program's clock (jiffies, as calibrated at load, or the coarse clock) reads the boot clock
-/// to within a tick:
-/// an event's time lies between the boot-clock readings around the frame that caused it, less
-/// at most a tick (and the calibration's microseconds) before.
+/// to within a tick: an event's time lies between the boot-clock readings around the frame that
+/// caused it, less at most a tick (and the calibration's microseconds) before.
 #[test]
 fn the_kernel_clock_reads_the_boot_clock_to_a_tick() {
     require_bpf!();

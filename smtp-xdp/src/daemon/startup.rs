@@ -117,8 +117,9 @@ pub fn start(
         );
     }
     maps.set_policy(&settings.policy())?;
-    if !program::calibrate_clock(&mut ebpf, &mut maps)? {
+    if let program::ClockSource::Coarse { why } = program::calibrate_clock(&mut ebpf, &mut maps)? {
         tracing::warn!(
+            reason = %why,
             "the jiffies clock did not calibrate; verdicts read the coarse clock (same time, a helper call more per SYN)"
         );
     }
