@@ -17,7 +17,7 @@ pub use maps::*;
 
 /// Version of the pinned map layout. Bump it whenever a map's name, type, key or value layout
 /// changes, so a controller never adopts pinned maps it would misread.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Most protected ports at once (each gets a counter slot and a global-guard slot).
 pub const MAX_PORTS: usize = 8;

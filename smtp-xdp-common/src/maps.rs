@@ -6,7 +6,6 @@ use crate::limiter::Gcra;
 pub mod names {
     pub const POLICY: &str = "POLICY";
     pub const SELECT: &str = "SELECT";
-    pub const PORT_SLOTS: &str = "PORT_SLOTS";
     pub const SOURCES: &str = "SOURCES";
     pub const BOUNCERS: &str = "BOUNCERS";
     pub const BANS: &str = "BANS";
@@ -34,10 +33,9 @@ pub mod names {
     pub const CLOCK: &str = "CLOCK";
 
     /// Every map the controller pins (all but the per-CPU scan scratch area).
-    pub const PINNED: [&str; 28] = [
+    pub const PINNED: [&str; 27] = [
         POLICY,
         SELECT,
-        PORT_SLOTS,
         SOURCES,
         BOUNCERS,
         BANS,
@@ -424,8 +422,9 @@ pub struct Policy {
     pub ipv6_prefix: u32,
     /// [`policy_flags`] bits.
     pub flags: u32,
-    /// Protected ports by slot (0 = free slot). The kernel reads `PORT_SLOTS`; this copy lets
-    /// readers name the per-port counters.
+    /// Protected ports by slot (0 = free slot). The kernel reads its port table (the program's
+    /// global `PORT_TABLE`, written from this by the controller); this copy lets readers name the
+    /// per-port counters.
     pub ports: [u16; crate::MAX_PORTS],
 }
 
@@ -442,12 +441,28 @@ impl Policy {
     }
 }
 
-/// `PORT_SLOTS[port]` value bits: 0 = not protected, otherwise slot + 1 in the low byte.
+/// The program's port table: one byte per destination port, 0 = not protected, otherwise
+/// slot + 1 in the low bits and flags above. A byte, so that a whole-table rewrite can never be
+/// read torn, and so the table (64 KiB) is a fixed part of the program's global data.
 pub mod port_flags {
-    pub const SLOT_MASK: u32 = 0xff;
+    pub const SLOT_MASK: u8 = 0x0f;
     /// Scan client payload on this port for `MAIL FROM:<>` (plaintext SMTP: port 25).
-    pub const SCAN_BOUNCES: u32 = 0x100;
+    pub const SCAN_BOUNCES: u8 = 0x80;
+    /// Entries of the table: one per port.
+    pub const TABLE_LEN: usize = 1 << 16;
+
+    /// The table entry of `port` in `slot`.
+    pub const fn entry(slot: usize, port: u16) -> u8 {
+        let v = (slot as u8 + 1) & SLOT_MASK;
+        if port == 25 {
+            v | SCAN_BOUNCES
+        } else {
+            v
+        }
+    }
 }
+
+const _: () = assert!(crate::MAX_PORTS < port_flags::SLOT_MASK as usize);
 
 /// Per-CPU counters per protected port slot (`PORT_STATS[slot]`).
 #[repr(C)]

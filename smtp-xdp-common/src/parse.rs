@@ -52,6 +52,33 @@ pub enum Skip {
     NotTcp,
     /// Truncated, malformed, fragmented or beyond what the parser walks.
     Unparsed,
+    /// TCP to a port that is not protected ([`Ports`]).
+    NotProtected,
+    /// A segment of an established connection with nothing to scan: no new connection, and a
+    /// port not scanned for bounces or an empty payload.
+    NothingToScan,
+}
+
+/// The protected ports, as the parser consults them: deciding the two commonest passes (not a
+/// protected port; an established segment with nothing to scan) inside the parse, before the
+/// IPv4 and IPv6 paths meet, leaves the fast paths with nothing to keep live (docs/benchmarks.md,
+/// issue 17).
+pub trait Ports {
+    /// Whether the parser filters at all ([`parse`] does not).
+    const FILTERS: bool = true;
+    /// The port's entry in the port table ([`crate::port_flags`]), 0 when not protected.
+    fn entry(&self, port: u16) -> u8;
+}
+
+/// No filtering: every TCP segment parses.
+struct Unfiltered;
+
+impl Ports for Unfiltered {
+    const FILTERS: bool = false;
+    #[inline(always)]
+    fn entry(&self, _port: u16) -> u8 {
+        0
+    }
 }
 
 /// A parsed TCP segment.
@@ -77,9 +104,11 @@ impl Segment {
     }
 }
 
-/// A parsed TCP segment before its source address is read: all a packet that is not for a
-/// protected port, or is neither a new connection nor a scanned command, ever needs. The XDP
-/// program reads the source (16 bytes to keep across a map lookup) only after those checks.
+/// A TCP segment's headers as far as a verdict keeps them. The two commonest passes (not a
+/// protected port; an established segment with nothing to scan) are decided inside the parse
+/// ([`Ports`]), before the IPv4 and IPv6 paths meet, so they keep nothing live
+/// (docs/benchmarks.md, issue 17); the payload's bounds and the source address
+/// ([`Headers::segment`]) are worked out only for the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers {
     /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
@@ -88,10 +117,14 @@ pub struct Headers {
     pub src_offset: usize,
     pub dst_port: u16,
     pub flags: u8,
-    /// Offset of the TCP payload in the frame.
-    pub payload_offset: usize,
-    /// Payload length according to the IP header (Ethernet padding excluded).
-    pub payload_len: usize,
+    /// The port's [`Ports::entry`] (0 from [`parse`], which does not filter).
+    pub port: u8,
+    /// The TCP header's data-offset byte (checked by [`Headers::payload`]).
+    data_offset: u8,
+    /// Offset of the TCP header in the frame.
+    l4: usize,
+    /// TCP header and payload length according to the IP header.
+    l4_len: usize,
 }
 
 impl Headers {
@@ -101,10 +134,23 @@ impl Headers {
         self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
-    /// The segment, with its source address read from `frame` (inside the IP header that
-    /// [`headers`] checked, so only a frame other than the one parsed can fail here).
+    /// The payload's offset in the frame and its length according to the IP header (Ethernet
+    /// padding excluded); `Unparsed` if the TCP data offset does not fit the segment.
+    #[inline(always)]
+    pub fn payload(&self) -> Result<(usize, usize), Skip> {
+        let doff = ((self.data_offset >> 4) as usize) * 4;
+        if doff < 20 || doff > self.l4_len {
+            return Err(Skip::Unparsed);
+        }
+        Ok((self.l4 + doff, self.l4_len - doff))
+    }
+
+    /// The segment, with its payload checked and its source address read from `frame` (inside
+    /// the IP header that [`headers`] checked, so only a frame other than the one parsed can
+    /// fail the read).
     #[inline(always)]
     pub fn segment<F: Frame + ?Sized>(&self, frame: &F) -> Result<Segment, Skip> {
+        let (payload_offset, payload_len) = self.payload()?;
         let mut src = [0u8; 16];
         if self.family == crate::FAMILY_V4 {
             let a = frame.load::<4>(self.src_offset).ok_or(Skip::Unparsed)?;
@@ -120,8 +166,8 @@ impl Headers {
             src,
             dst_port: self.dst_port,
             flags: self.flags,
-            payload_offset: self.payload_offset,
-            payload_len: self.payload_len,
+            payload_offset,
+            payload_len,
         })
     }
 }
@@ -134,18 +180,18 @@ fn be16(b: [u8; 2]) -> u16 {
 /// Parses a frame down to its TCP segment.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F) -> Result<Segment, Skip> {
-    headers(frame)?.segment(frame)
+    headers(frame, &Unfiltered)?.segment(frame)
 }
 
 /// Parses a frame down to its TCP headers (everything but the source address).
 #[inline(always)]
-pub fn headers<F: Frame + ?Sized>(frame: &F) -> Result<Headers, Skip> {
+pub fn headers<F: Frame + ?Sized, P: Ports>(frame: &F, ports: &P) -> Result<Headers, Skip> {
     let mut off = 12usize;
     let mut ethertype = be16(frame.load::<2>(off).ok_or(Skip::Unparsed)?);
     // Untagged IPv4 first: the most common frame skips the tag checks (docs/benchmarks.md,
     // issue 17).
     if ethertype == ETH_P_IPV4 {
-        return parse_ipv4(frame, ETH_HLEN);
+        return parse_ipv4(frame, ETH_HLEN, ports);
     }
     off = ETH_HLEN;
     let mut tags = 0;
@@ -156,15 +202,19 @@ pub fn headers<F: Frame + ?Sized>(frame: &F) -> Result<Headers, Skip> {
         tags += 1;
     }
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(frame, off),
-        ETH_P_IPV6 => parse_ipv6(frame, off),
+        ETH_P_IPV4 => parse_ipv4(frame, off, ports),
+        ETH_P_IPV6 => parse_ipv6(frame, off, ports),
         ETH_P_8021Q | ETH_P_8021AD => Err(Skip::Unparsed),
         _ => Err(Skip::NotTcp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip> {
+fn parse_ipv4<F: Frame + ?Sized, P: Ports>(
+    frame: &F,
+    off: usize,
+    ports: &P,
+) -> Result<Headers, Skip> {
     let h = frame.load::<20>(off).ok_or(Skip::Unparsed)?;
     if h[0] >> 4 != 4 {
         return Err(Skip::Unparsed);
@@ -185,11 +235,15 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip>
         return Err(Skip::Unparsed);
     }
     let l4 = off + ihl;
-    parse_tcp(frame, l4, total - ihl, crate::FAMILY_V4, off + 12)
+    parse_tcp(frame, l4, total - ihl, crate::FAMILY_V4, off + 12, ports)
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip> {
+fn parse_ipv6<F: Frame + ?Sized, P: Ports>(
+    frame: &F,
+    off: usize,
+    ports: &P,
+) -> Result<Headers, Skip> {
     let h = frame.load::<40>(off).ok_or(Skip::Unparsed)?;
     if h[0] >> 4 != 6 {
         return Err(Skip::Unparsed);
@@ -218,7 +272,7 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip>
         walked += 1;
     }
     match next {
-        IPPROTO_TCP => parse_tcp(frame, l4, remaining, crate::FAMILY_V6, off + 8),
+        IPPROTO_TCP => parse_tcp(frame, l4, remaining, crate::FAMILY_V6, off + 8, ports),
         IPPROTO_FRAGMENT | IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
             Err(Skip::Unparsed)
         }
@@ -227,29 +281,46 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, off: usize) -> Result<Headers, Skip>
 }
 
 #[inline(always)]
-fn parse_tcp<F: Frame + ?Sized>(
+fn parse_tcp<F: Frame + ?Sized, P: Ports>(
     frame: &F,
     l4: usize,
     l4_len: usize,
     family: u32,
     src_offset: usize,
+    ports: &P,
 ) -> Result<Headers, Skip> {
     if l4 > MAX_L4_OFFSET {
         return Err(Skip::Unparsed);
     }
     let t = frame.load::<20>(l4).ok_or(Skip::Unparsed)?;
-    let doff = ((t[12] >> 4) as usize) * 4;
-    if doff < 20 || doff > l4_len {
-        return Err(Skip::Unparsed);
-    }
-    Ok(Headers {
+    let headers = Headers {
         family,
         src_offset,
         dst_port: be16([t[2], t[3]]),
         flags: t[13],
-        payload_offset: l4 + doff,
-        payload_len: l4_len - doff,
-    })
+        port: 0,
+        data_offset: t[12],
+        l4,
+        l4_len,
+    };
+    if !P::FILTERS {
+        return Ok(headers);
+    }
+    let port = ports.entry(headers.dst_port);
+    if port == 0 {
+        return Err(Skip::NotProtected);
+    }
+    // An established segment is scanned only on a scanned port, and only if it carries data
+    // (a port that is not scanned passes before the payload's bounds are even checked).
+    if !headers.is_new_connection() {
+        if port & crate::port_flags::SCAN_BOUNCES == 0 {
+            return Err(Skip::NothingToScan);
+        }
+        if headers.payload()?.1 == 0 {
+            return Err(Skip::NothingToScan);
+        }
+    }
+    Ok(Headers { port, ..headers })
 }
 
 #[cfg(test)]

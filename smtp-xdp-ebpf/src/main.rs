@@ -41,9 +41,14 @@ static POLICY: Array<Policy> = Array::with_max_entries(2, 0);
 /// Which copy of the policy and of each list is live (see `smtp_xdp_common::select`).
 #[map]
 static SELECT: Array<u32> = Array::with_max_entries(select::COUNT, 0);
-/// Indexed by destination port: 0 = not protected, else `port_flags`.
-#[map]
-static PORT_SLOTS: Array<u32> = Array::with_max_entries(65536, 0);
+/// Indexed by destination port: 0 = not protected, else `port_flags`. Global data, not a map
+/// lookup: the lookup's call clobbers the parsed header's registers and cost a third of a
+/// non-SMTP packet's verdict (docs/benchmarks.md, issue 17). Each loaded program has its own
+/// table, written by the controller from the live policy before the program is attached.
+/// `#[no_mangle]` keeps the symbol external so the compiler cannot fold the never-written table
+/// to zeros.
+#[no_mangle]
+static mut PORT_TABLE: [u8; port_flags::TABLE_LEN] = [0; port_flags::TABLE_LEN];
 /// Per-source buckets and statistics; sized by the controller (`--max-sources`).
 #[map]
 static SOURCES: LruHashMap<SourceKey, SourceState> =
@@ -135,6 +140,23 @@ static META: Array<Meta> = Array::with_max_entries(1, 0);
 static TRUSTED: HashMap<SourceKey, Trust> =
     HashMap::with_max_entries(MAX_TRUSTED, BPF_F_NO_PREALLOC);
 
+/// The program's port table, as the parser consults it.
+struct PortTable;
+
+impl parse::Ports for PortTable {
+    #[inline(always)]
+    fn entry(&self, port: u16) -> u8 {
+        // SAFETY: a u16 index into a table of 2^16 bytes; a byte read cannot tear.
+        unsafe {
+            read_volatile(
+                core::ptr::addr_of!(PORT_TABLE)
+                    .cast::<u8>()
+                    .add(port as usize),
+            )
+        }
+    }
+}
+
 /// The frame in packet memory. `load` is the program's one bounds-checked accessor.
 struct Packet<'a> {
     ctx: &'a XdpContext,
@@ -175,22 +197,17 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> (Counter, u32) {
     let frame = Packet { ctx };
-    let headers = match parse::headers(&frame) {
+    let headers = match parse::headers(&frame, &PortTable) {
         Ok(h) => h,
-        Err(Skip::NotTcp) => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
+        Err(Skip::NotTcp | Skip::NotProtected) => {
+            return (Counter::PassNotSmtp, xdp_action::XDP_PASS)
+        }
+        // Established traffic with nothing to scan never needs the policy nor the source.
+        Err(Skip::NothingToScan) => return (Counter::PassSmtpOther, xdp_action::XDP_PASS),
         Err(Skip::Unparsed) => return (Counter::PassUnparsed, xdp_action::XDP_PASS),
     };
-    let port = match PORT_SLOTS.get(headers.dst_port as u32) {
-        Some(&p) if p != 0 => p,
-        _ => return (Counter::PassNotSmtp, xdp_action::XDP_PASS),
-    };
+    let port = headers.port;
     let syn = headers.is_new_connection();
-    let scan = !syn && port & port_flags::SCAN_BOUNCES != 0 && headers.payload_len != 0;
-    // Established traffic that is not scanned never needs the policy nor the source: pass it
-    // right away.
-    if !syn && !scan {
-        return (Counter::PassSmtpOther, xdp_action::XDP_PASS);
-    }
     let Ok(seg) = headers.segment(&frame) else {
         return (Counter::PassUnparsed, xdp_action::XDP_PASS);
     };
@@ -601,8 +618,8 @@ fn source_key(seg: &Segment, policy: &Policy) -> SourceKey {
 }
 
 #[inline(always)]
-fn on_syn(ctx: &XdpContext, seg: &Segment, port: u32, policy: &Policy) -> (Counter, u32) {
-    let slot = (port & port_flags::SLOT_MASK).wrapping_sub(1);
+fn on_syn(ctx: &XdpContext, seg: &Segment, port: u8, policy: &Policy) -> (Counter, u32) {
+    let slot = u32::from(port & port_flags::SLOT_MASK).wrapping_sub(1);
     let mut env = KernelEnv {
         ctx,
         seg,
@@ -649,6 +666,10 @@ extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn on_payload(ctx: &XdpContext, seg: &Segment, policy: &Policy) {
     let len = seg.payload_len;
+    // The caller passed no empty payload, but the verifier cannot know it of this copy.
+    if len == 0 {
+        return;
+    }
     if len > SCAN_WINDOW {
         count(Counter::ScanSkipped);
         return;

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -38,6 +38,8 @@ pub enum MapsError {
         name: &'static str,
         error: std::io::Error,
     },
+    #[error("cannot find the port table of the program behind {link}: {why}")]
+    PortTable { link: String, why: String },
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
@@ -171,7 +173,7 @@ impl Drop for BanFilter {
 pub struct Maps {
     pub policy: Array<MapData, Policy>,
     pub select: Array<MapData, u32>,
-    pub port_slots: Array<MapData, u32>,
+    port_table: PortTableAt,
     pub sources: HashMap<MapData, SourceKey, SourceState>,
     /// Bounce state of the sources that sent bounces.
     pub bouncers: HashMap<MapData, SourceKey, BounceState>,
@@ -195,14 +197,110 @@ pub struct Maps {
     pub clock: Array<MapData, u64>,
 }
 
+/// The program's port table (`port_flags`): one array value of a byte per port.
+type PortTable = [u8; port_flags::TABLE_LEN];
+
+/// The name of the program's global data, where its port table lives.
+const GLOBAL_DATA: &str = ".bss";
+
+/// Where the port table of the program in force is. It is the program's own global data, not a
+/// pinned map: every loaded program has its own, written from the live policy before it is
+/// attached (so a restart or an upgrade never runs a program with an empty table).
+enum PortTableAt {
+    /// A program this process loaded (attached by it, or not attached at all).
+    Loaded(Array<MapData, PortTable>),
+    /// Whatever program the instance's pinned link runs, looked up when the table is written;
+    /// none when nothing is attached (the next start writes its program's table).
+    Link(PathBuf),
+}
+
+impl PortTableAt {
+    fn open(&mut self) -> Result<Option<Array<MapData, PortTable>>> {
+        let link = match self {
+            PortTableAt::Loaded(_) => return Ok(None),
+            PortTableAt::Link(link) => link,
+        };
+        if !link.exists() {
+            return Ok(None);
+        }
+        let fail = |why: String| MapsError::PortTable {
+            link: link.display().to_string(),
+            why,
+        };
+        let info = aya::programs::links::FdLink::from(
+            aya::programs::links::PinnedLink::from_pin(&*link).map_err(|e| fail(e.to_string()))?,
+        )
+        .info()
+        .map_err(|e| fail(e.to_string()))?;
+        let program = aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .find(|p| p.id() == info.program_id())
+            .ok_or_else(|| fail(format!("program {} is gone", info.program_id())))?;
+        let ids = program
+            .map_ids()
+            .map_err(|e| fail(e.to_string()))?
+            .unwrap_or_default();
+        for id in ids {
+            let Ok(data) = MapData::from_id(id) else {
+                continue;
+            };
+            if data
+                .info()
+                .ok()
+                .and_then(|i| i.name_as_str().map(|n| n == GLOBAL_DATA))
+                == Some(true)
+            {
+                let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
+                return Array::try_from(map)
+                    .map(Some)
+                    .map_err(|e| fail(e.to_string()));
+            }
+        }
+        Err(fail(format!(
+            "program {} has no {GLOBAL_DATA}: an older build",
+            info.program_id()
+        )))
+    }
+
+    /// Writes the whole table. A byte per port: a reader sees each port's old or new entry.
+    fn write(&mut self, table: &PortTable) -> Result<()> {
+        let mut opened = self.open()?;
+        let map = match (self, opened.as_mut()) {
+            (PortTableAt::Loaded(map), _) => map,
+            (PortTableAt::Link(_), Some(map)) => map,
+            (PortTableAt::Link(_), None) => return Ok(()),
+        };
+        map.set(0, table, 0).map_err(map_err(GLOBAL_DATA))
+    }
+}
+
+/// The port table of `ports` (by slot).
+fn port_table(ports: &[u16; MAX_PORTS]) -> Box<PortTable> {
+    let mut table: Box<PortTable> = vec![0u8; port_flags::TABLE_LEN]
+        .into_boxed_slice()
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("the length is TABLE_LEN"));
+    for (slot, &port) in ports.iter().enumerate() {
+        if port != 0 {
+            table[port as usize] = port_flags::entry(slot, port);
+        }
+    }
+    table
+}
+
 /// Where maps come from: a loaded program or a pin directory.
 trait Source {
     fn map(&mut self, name: &'static str) -> Result<Map>;
+    fn port_table(&mut self) -> Result<PortTableAt>;
 }
 
 impl Source for Ebpf {
     fn map(&mut self, name: &'static str) -> Result<Map> {
         self.take_map(name).ok_or(MapsError::Missing(name))
+    }
+
+    fn port_table(&mut self) -> Result<PortTableAt> {
+        Ok(PortTableAt::Loaded(take(self, GLOBAL_DATA)?))
     }
 }
 
@@ -214,6 +312,10 @@ impl Source for &Path {
             error: source,
         })?;
         Map::from_map_data(data).map_err(map_err(name))
+    }
+
+    fn port_table(&mut self) -> Result<PortTableAt> {
+        Ok(PortTableAt::Link(self.join(crate::pins::LINK)))
     }
 }
 
@@ -240,7 +342,7 @@ impl Maps {
         Ok(Maps {
             policy: take(s, names::POLICY)?,
             select: take(s, names::SELECT)?,
-            port_slots: take(s, names::PORT_SLOTS)?,
+            port_table: s.port_table()?,
             sources: take(s, names::SOURCES)?,
             bouncers: take(s, names::BOUNCERS)?,
             bans: take(s, names::BANS)?,
@@ -312,31 +414,40 @@ impl Maps {
             .set(idle as u32, policy, 0)
             .map_err(map_err(names::POLICY))?;
         // Protect new ports before the policy naming them goes live; unprotect removed ones after.
-        for (slot, &port) in policy.ports.iter().enumerate() {
-            if port != 0 {
-                let mut v = (slot as u32 + 1) & port_flags::SLOT_MASK;
-                if port == 25 {
-                    v |= port_flags::SCAN_BOUNCES;
+        let table = port_table(&policy.ports);
+        let removed = old_ports
+            .iter()
+            .any(|&p| p != 0 && !policy.ports.contains(&p));
+        if removed {
+            let mut both = port_table(&old_ports);
+            for (port, &entry) in table.iter().enumerate() {
+                if entry != 0 {
+                    both[port] = entry;
                 }
-                self.port_slots
-                    .set(port as u32, v, 0)
-                    .map_err(map_err(names::PORT_SLOTS))?;
             }
+            self.port_table.write(&both)?;
+        } else {
+            self.port_table.write(&table)?;
         }
         self.select
             .set(select::POLICY, idle as u32, 0)
             .map_err(map_err(names::SELECT))?;
+        if removed {
+            self.port_table.write(&table)?;
+        }
         for (slot, &port) in old_ports.iter().enumerate() {
             if port != 0 && policy.ports[slot] != port {
-                if !policy.ports.contains(&port) {
-                    self.port_slots
-                        .set(port as u32, 0, 0)
-                        .map_err(map_err(names::PORT_SLOTS))?;
-                }
                 self.clear_port_slot(slot as u32)?;
             }
         }
         Ok(())
+    }
+
+    /// Rewrites the port table of the program in force from the live policy: after a program
+    /// swap, in case the policy changed between the new program's `set_policy` and the swap.
+    pub fn refresh_port_table(&mut self) -> Result<()> {
+        let ports = self.policy()?.map(|p| p.ports).unwrap_or([0; MAX_PORTS]);
+        self.port_table.write(&port_table(&ports))
     }
 
     fn clear_port_slot(&mut self, slot: u32) -> Result<()> {

@@ -21,7 +21,7 @@ use smtp_xdp_common::{
 
 pub struct Model {
     pub policy: Policy,
-    pub port_slots: HashMap<u16, u32>,
+    pub port_slots: HashMap<u16, u8>,
     pub sources: HashMap<SourceKey, SourceState>,
     pub bouncers: HashMap<SourceKey, BounceState>,
     pub bans: HashMap<SourceKey, Ban>,
@@ -41,6 +41,15 @@ pub struct Model {
     pub events: [u64; event_kind::COUNT as usize],
 }
 
+/// The model's port table, as the shared parser consults it.
+struct ModelPorts<'a>(&'a HashMap<u16, u8>);
+
+impl parse::Ports for ModelPorts<'_> {
+    fn entry(&self, port: u16) -> u8 {
+        self.0.get(&port).copied().unwrap_or(0)
+    }
+}
+
 impl Model {
     /// The model of a program freshly loaded with `settings` (as `Maps::set_policy` slots the
     /// ports: in order, port 25 scanned for bounces).
@@ -49,11 +58,7 @@ impl Model {
         let mut port_slots = HashMap::new();
         for (slot, &port) in policy.ports.iter().enumerate() {
             if port != 0 {
-                let mut v = (slot as u32 + 1) & port_flags::SLOT_MASK;
-                if port == 25 {
-                    v |= port_flags::SCAN_BOUNCES;
-                }
-                port_slots.insert(port, v);
+                port_slots.insert(port, port_flags::entry(slot, port));
             }
         }
         Model {
@@ -88,18 +93,20 @@ impl Model {
     }
 
     fn classify(&mut self, frame: &[u8], now: u64) -> (Counter, u32) {
-        let seg = match parse::parse(frame) {
-            Ok(s) => s,
-            Err(Skip::NotTcp) => return (Counter::PassNotSmtp, XDP_PASS),
+        let headers = match parse::headers(frame, &ModelPorts(&self.port_slots)) {
+            Ok(h) => h,
+            Err(Skip::NotTcp | Skip::NotProtected) => return (Counter::PassNotSmtp, XDP_PASS),
+            Err(Skip::NothingToScan) => return (Counter::PassSmtpOther, XDP_PASS),
             Err(Skip::Unparsed) => return (Counter::PassUnparsed, XDP_PASS),
         };
-        let port = match self.port_slots.get(&seg.dst_port) {
-            Some(&p) if p != 0 => p,
-            _ => return (Counter::PassNotSmtp, XDP_PASS),
+        let port = headers.port;
+        let seg = match headers.segment(frame) {
+            Ok(s) => s,
+            Err(_) => return (Counter::PassUnparsed, XDP_PASS),
         };
         let policy = self.policy;
         if seg.is_new_connection() {
-            let slot = (port & port_flags::SLOT_MASK) - 1;
+            let slot = u32::from(port & port_flags::SLOT_MASK) - 1;
             let key = source_key(&seg, &policy);
             let mut env = Env {
                 m: self,

@@ -345,3 +345,56 @@ fn a_damaged_state_file_is_moved_aside_and_protection_starts() {
     });
     lab.stop_controller(pid);
 }
+
+/// The port table is the attached program's own global data, not a pinned map: `set ports`
+/// changes it at once (through the controller's program, and through the pinned link when no
+/// controller runs), and the program a restart swaps in starts with the live policy's ports.
+#[test]
+fn set_ports_protects_a_new_port_at_once_and_across_a_restart() {
+    require_bpf!();
+    let mut lab = Lab::new();
+    let args = ["--rate", "10/min", "--burst", "3", "--keep-attached"];
+    // SYNs of a fresh source to port 2525 that got an answer (a RST: nothing listens there):
+    // all 10 when the port is not protected, the burst of 3 when it is.
+    let answered = |lab: &Lab, client: u32| {
+        let src = lab.client_addr(client);
+        lab.add_client_addr(&src);
+        lab.flood(&src, 2525, 10, 1000).received
+    };
+    let pid = lab.start_controller(&args);
+    assert_eq!(answered(&lab, 1), 10, "2525 is not protected yet");
+    lab.cli_ok(&["set", "ports=25,2525"]);
+    assert_eq!(answered(&lab, 2), 3, "set protects a new port at once");
+    lab.stop_controller(pid);
+    assert!(lab.xdp_attached(), "--keep-attached");
+    assert_eq!(
+        answered(&lab, 3),
+        3,
+        "the program keeps its table with no controller"
+    );
+    lab.cli_ok(&["set", "ports=25"]);
+    assert_eq!(
+        answered(&lab, 4),
+        10,
+        "set with no controller reaches the attached program"
+    );
+    lab.cli_ok(&["set", "ports=25,2525"]);
+    let pid = lab.start_controller(&args);
+    assert!(
+        lab.controller_log().contains("adopted the running program"),
+        "{}",
+        lab.controller_log()
+    );
+    assert_eq!(
+        answered(&lab, 5),
+        3,
+        "the program swapped in starts with the live ports"
+    );
+    lab.cli_ok(&["set", "ports=25"]);
+    assert_eq!(
+        answered(&lab, 6),
+        10,
+        "and the controller's program follows set"
+    );
+    lab.stop_controller(pid);
+}

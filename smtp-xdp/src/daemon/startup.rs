@@ -177,12 +177,17 @@ pub fn start(
     // From here a failure drops `link` (detaching a fresh attachment) and the undo removes the
     // fresh pins.
     let link = pin_link(link, &link_path)?;
+    // A `set` between `set_policy` above and the swap wrote the old program's port table: the
+    // new one's is written again from the live policy, under the lock every `set` holds.
+    let refreshed = pins::lists_lock(iface)
+        .map_err(anyhow::Error::from)
+        .and_then(|_lists| Ok(maps.refresh_port_table()?));
     meta.xdp_mode = attached.code();
-    if let Err(e) = maps.set_meta(&meta) {
+    if let Err(e) = refreshed.and_then(|()| Ok(maps.set_meta(&meta)?)) {
         if undo.armed {
             let _ = link.unpin();
         }
-        return Err(e.into());
+        return Err(e);
     }
     undo.armed = false;
     Ok(Started {
