@@ -123,6 +123,12 @@ pub trait Ports {
     const FILTERS: bool = true;
     /// The port's entry in the port table ([`crate::port_flags`]), 0 when not protected.
     fn entry(&self, port: u16) -> u8;
+    /// Called where the parse hands a segment on for a verdict, past every pass it decides: the
+    /// kernel's program puts a compiler barrier here, which keeps the set-up of the verdict's
+    /// headers (constants for the plain IPv4 frame, spilled for the calls ahead) from being
+    /// hoisted onto the passes' path (docs/benchmarks.md, issue 17).
+    #[inline(always)]
+    fn verdict_ahead(&self) {}
 }
 
 /// No filtering: every TCP segment parses.
@@ -414,6 +420,7 @@ fn tcp_headers<W: Window<20>, P: Ports>(
             return Err(Skip::NothingToScan);
         }
     }
+    ports.verdict_ahead();
     Ok(Headers { port, ..headers })
 }
 
