@@ -21,7 +21,8 @@ pub trait Frame {
     ) -> Self::Window<M>;
 }
 
-/// Fields of an `N`-byte window. Every offset is checked against `N` at compile time.
+/// Fields of an `N`-byte window. Implementations check every offset against `N` at compile time
+/// (`const` assertions), so a field read cannot leave the span its window checked.
 pub trait Window<const N: usize> {
     /// The byte at `AT`.
     fn byte<const AT: usize>(&self) -> u8;
@@ -495,6 +496,23 @@ mod tests {
         let f = ipv4_tcp(TCP_ACK, &[b'x'; 40]);
         let s = parse(&f[..54]).unwrap();
         assert_eq!(s.payload_len, 40);
+    }
+
+    #[test]
+    fn ipv4_with_options_parses_like_without() {
+        // The plain IPv4 window takes ihl = 5 only; 4 bytes of options take the general walk.
+        let plain = ipv4_tcp(TCP_ACK, b"data");
+        let mut f = [0u8; 256];
+        f[..34].copy_from_slice(&plain[..34]);
+        f[14] = 0x46;
+        f[16..18].copy_from_slice(&(48u16).to_be_bytes());
+        f[34..38].copy_from_slice(&[1, 1, 1, 1]);
+        f[38..62].copy_from_slice(&plain[34..58]);
+        let (a, b) = (parse(&plain[..58]).unwrap(), parse(&f[..62]).unwrap());
+        assert_eq!((a.src, a.dst_port, a.flags), (b.src, b.dst_port, b.flags));
+        assert_eq!((a.payload_offset, a.payload_len), (54, 4));
+        assert_eq!((b.payload_offset, b.payload_len), (58, 4));
+        assert_eq!(&f[b.payload_offset..b.payload_offset + 4], b"data");
     }
 
     #[test]
