@@ -14,11 +14,6 @@ pub trait Frame {
     type Window<const N: usize>: Window<N>;
     /// The `N` bytes at `offset`; `None` when `offset + N` is past the end.
     fn window<const N: usize>(&self, offset: usize) -> Option<Self::Window<N>>;
-    /// The `M` bytes at `AT` inside `outer`: no check, `outer` already covers them.
-    fn inner<const N: usize, const M: usize, const AT: usize>(
-        &self,
-        outer: &Self::Window<N>,
-    ) -> Self::Window<M>;
 }
 
 /// Fields of an `N`-byte window. Implementations check every offset against `N` at compile time
@@ -46,14 +41,6 @@ impl Frame for [u8] {
     fn window<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let end = offset.checked_add(N)?;
         self.get(offset..end)?.try_into().ok()
-    }
-
-    #[inline(always)]
-    fn inner<const N: usize, const M: usize, const AT: usize>(&self, outer: &[u8; N]) -> [u8; M] {
-        const { assert!(AT + M <= N) };
-        let mut out = [0u8; M];
-        out.copy_from_slice(&outer[AT..AT + M]);
-        out
     }
 }
 
@@ -122,8 +109,10 @@ pub enum Skip {
 pub trait Ports {
     /// Whether the parser filters at all ([`parse`] does not).
     const FILTERS: bool = true;
-    /// The port's entry in the port table ([`crate::port_flags`]), 0 when not protected.
-    fn entry(&self, port: u16) -> u8;
+    /// The port's entry in the port table ([`crate::port_flags`]), 0 when not protected; a byte,
+    /// widened: tested as a byte, [`crate::port_flags::SCAN_BOUNCES`] is its sign bit, which LLVM
+    /// tests by sign extension, two BPF instructions for what a `u32` test does in one.
+    fn entry(&self, port: u16) -> u32;
     /// Called where the parse hands a segment on for a verdict, past every pass it decides: the
     /// kernel's program puts a compiler barrier here, which keeps the set-up of the verdict's
     /// headers (constants for the plain IPv4 frame, spilled for the calls ahead) from being
@@ -138,7 +127,7 @@ struct Unfiltered;
 impl Ports for Unfiltered {
     const FILTERS: bool = false;
     #[inline(always)]
-    fn entry(&self, _port: u16) -> u8 {
+    fn entry(&self, _port: u16) -> u32 {
         0
     }
 }
@@ -241,6 +230,45 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Result<Segment, Skip> {
     headers(frame, &Unfiltered)?.segment(frame)
 }
 
+/// The IPv4 header fields [`ipv4_tcp_len`] checks.
+struct Ipv4Fields {
+    /// Flags and fragment offset, in network byte order.
+    fragment: u16,
+    protocol: u8,
+    total: u16,
+}
+
+/// The TCP header fields the parse keeps.
+struct TcpFields {
+    dst_port: u16,
+    flags: u8,
+    data_offset: u8,
+}
+
+// The fields of the header at the constant offset `$at` of window `$w`. Macros, not functions
+// generic over the offset: a field's offset is a const argument, and `AT + 6` over a generic
+// `AT` is not one (without the unstable `generic_const_exprs`). A header read in place at its
+// offset in a larger window costs no pointer of its own (docs/benchmarks.md, issue 17).
+macro_rules! ipv4_fields {
+    ($w:expr, $at:expr) => {
+        Ipv4Fields {
+            fragment: $w.raw16::<{ $at + 6 }>(),
+            protocol: $w.byte::<{ $at + 9 }>(),
+            total: $w.be16::<{ $at + 2 }>(),
+        }
+    };
+}
+
+macro_rules! tcp_fields {
+    ($w:expr, $at:expr) => {
+        TcpFields {
+            dst_port: $w.be16::<{ $at + 2 }>(),
+            flags: $w.byte::<{ $at + 13 }>(),
+            data_offset: $w.byte::<{ $at + 12 }>(),
+        }
+    };
+}
+
 /// Ethernet, IPv4 without options and TCP without options: the commonest frame's headers.
 const PLAIN_V4_TCP: usize = ETH_HLEN + 20 + 20;
 
@@ -253,11 +281,9 @@ pub fn headers<F: Frame + ?Sized, P: Ports>(frame: &F, ports: &P) -> Result<Head
     // this frame the same way.
     if let Some(w) = frame.window::<PLAIN_V4_TCP>(0) {
         if w.raw16::<12>() == ETH_P_IPV4.to_be() && w.byte::<ETH_HLEN>() == 0x45 {
-            let ip = frame.inner::<PLAIN_V4_TCP, 20, ETH_HLEN>(&w);
-            let l4_len = ipv4_tcp_len(&ip, 20)?;
-            let tcp = frame.inner::<PLAIN_V4_TCP, 20, { ETH_HLEN + 20 }>(&w);
+            let l4_len = ipv4_tcp_len(ipv4_fields!(w, ETH_HLEN), 20)?;
             return tcp_headers(
-                &tcp,
+                tcp_fields!(w, ETH_HLEN + 20),
                 ETH_HLEN + 20,
                 l4_len,
                 crate::FAMILY_V4,
@@ -304,22 +330,22 @@ fn parse_ipv4<F: Frame + ?Sized, P: Ports>(
     if ihl < 20 {
         return Err(Skip::Unparsed);
     }
-    let l4_len = ipv4_tcp_len(&h, ihl)?;
+    let l4_len = ipv4_tcp_len(ipv4_fields!(h, 0), ihl)?;
     parse_tcp(frame, off + ihl, l4_len, crate::FAMILY_V4, off + 12, ports)
 }
 
 /// The TCP header and payload length of an IPv4 datagram whose header (version checked) is
 /// `ihl` bytes long; a fragment is `Unparsed`, another protocol `NotTcp`.
 #[inline(always)]
-fn ipv4_tcp_len<W: Window<20>>(h: &W, ihl: usize) -> Result<usize, Skip> {
+fn ipv4_tcp_len(h: Ipv4Fields, ihl: usize) -> Result<usize, Skip> {
     // More-fragments set or a non-zero offset: a fragment, passed.
-    if h.raw16::<6>() & 0x3fff_u16.to_be() != 0 {
+    if h.fragment & 0x3fff_u16.to_be() != 0 {
         return Err(Skip::Unparsed);
     }
-    if h.byte::<9>() != IPPROTO_TCP {
+    if h.protocol != IPPROTO_TCP {
         return Err(Skip::NotTcp);
     }
-    let total = h.be16::<2>() as usize;
+    let total = h.total as usize;
     if total < ihl {
         return Err(Skip::Unparsed);
     }
@@ -382,12 +408,12 @@ fn parse_tcp<F: Frame + ?Sized, P: Ports>(
         return Err(Skip::Unparsed);
     }
     let t = frame.window::<20>(l4).ok_or(Skip::Unparsed)?;
-    tcp_headers(&t, l4, l4_len, family, src_offset, ports)
+    tcp_headers(tcp_fields!(t, 0), l4, l4_len, family, src_offset, ports)
 }
 
 #[inline(always)]
-fn tcp_headers<W: Window<20>, P: Ports>(
-    t: &W,
+fn tcp_headers<P: Ports>(
+    t: TcpFields,
     l4: usize,
     l4_len: usize,
     family: u32,
@@ -397,10 +423,10 @@ fn tcp_headers<W: Window<20>, P: Ports>(
     let headers = Headers {
         family,
         src_offset,
-        dst_port: t.be16::<2>(),
-        flags: t.byte::<13>(),
+        dst_port: t.dst_port,
+        flags: t.flags,
         port: 0,
-        data_offset: t.byte::<12>(),
+        data_offset: t.data_offset,
         l4,
         l4_len,
     };
@@ -414,7 +440,7 @@ fn tcp_headers<W: Window<20>, P: Ports>(
     // An established segment is scanned only on a scanned port, and only if it carries data
     // (a port that is not scanned passes before the payload's bounds are even checked).
     if !headers.is_new_connection() {
-        if port & crate::port_flags::SCAN_BOUNCES == 0 {
+        if port & u32::from(crate::port_flags::SCAN_BOUNCES) == 0 {
             return Err(Skip::NothingToScan);
         }
         if headers.payload()?.1 == 0 {
@@ -422,7 +448,11 @@ fn tcp_headers<W: Window<20>, P: Ports>(
         }
     }
     ports.verdict_ahead();
-    Ok(Headers { port, ..headers })
+    Ok(Headers {
+        // An entry is a byte (the table's element).
+        port: port as u8,
+        ..headers
+    })
 }
 
 #[cfg(test)]

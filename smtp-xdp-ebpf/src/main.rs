@@ -153,15 +153,18 @@ impl parse::Ports for PortTable {
     }
 
     #[inline(always)]
-    fn entry(&self, port: u16) -> u8 {
+    fn entry(&self, port: u16) -> u32 {
+        let at = core::ptr::addr_of!(PORT_TABLE)
+            .cast::<u8>()
+            .wrapping_add(port as usize);
+        let v: u64;
         // SAFETY: a u16 index into a table of 2^16 bytes; a byte read cannot tear.
         unsafe {
-            read_volatile(
-                core::ptr::addr_of!(PORT_TABLE)
-                    .cast::<u8>()
-                    .add(port as usize),
-            )
+            asm!("{v} = *(u8 *)({p} + 0)", v = lateout(reg) v, p = in(reg) at,
+                 options(readonly, nostack, preserves_flags));
+            core::hint::assert_unchecked(v <= u8::MAX as u64);
         }
+        v as u32
     }
 }
 
@@ -192,15 +195,6 @@ impl Frame for Packet<'_> {
             return None;
         }
         Some(PacketWindow { at })
-    }
-
-    #[inline(always)]
-    fn inner<const N: usize, const M: usize, const AT: usize>(
-        &self,
-        outer: &PacketWindow<N>,
-    ) -> PacketWindow<M> {
-        const { assert!(AT + M <= N) };
-        PacketWindow { at: outer.at + AT }
     }
 }
 

@@ -45,8 +45,8 @@ pub struct Model {
 struct ModelPorts<'a>(&'a HashMap<u16, u8>);
 
 impl parse::Ports for ModelPorts<'_> {
-    fn entry(&self, port: u16) -> u8 {
-        self.0.get(&port).copied().unwrap_or(0)
+    fn entry(&self, port: u16) -> u32 {
+        self.0.get(&port).copied().map_or(0, u32::from)
     }
 }
 
