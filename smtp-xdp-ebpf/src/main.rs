@@ -179,7 +179,7 @@ struct Packet<'a> {
 /// backend splits every load it cannot prove aligned into byte loads, shifts and ors, while the
 /// verifier checks packet alignment only where the CPU needs it (or under
 /// `BPF_F_STRICT_ALIGNMENT`, which the program is not loaded with). An established segment's
-/// pass took 101 BPF instructions with the byte-wise parse, 59 now (docs/benchmarks.md,
+/// pass took 101 BPF instructions with the byte-wise parse, 53 now (docs/benchmarks.md,
 /// issue 17).
 struct PacketWindow<const N: usize> {
     at: usize,
