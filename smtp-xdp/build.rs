@@ -96,6 +96,9 @@ fn build_ebpf(dir: &Path) -> anyhow::Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        // A build script's stdout is cargo's to parse (`cargo:` lines); the inner build's output
+        // goes where cargo shows it when the script fails.
+        .stdout(std::io::stderr())
         .status()
         .context("running `rustup run nightly cargo build` for the eBPF crate")?;
     if !status.success() {
