@@ -141,6 +141,22 @@ static META: Array<Meta> = Array::with_max_entries(1, 0);
 static TRUSTED: HashMap<SourceKey, Trust> =
     HashMap::with_max_entries(MAX_TRUSTED, BPF_F_NO_PREALLOC);
 
+/// One BPF load of `$width` (`u8`, `u16`, `u32`) at `$at` bytes past the address `$p` (packet or map
+/// memory), zero-extended to a u64: a field read at its own width, which LLVM's BPF backend does
+/// not emit for memory it cannot prove aligned.
+macro_rules! bpf_load {
+    ($width:literal, $p:expr, $at:expr) => {{
+        let v: u64;
+        // SAFETY: every caller's `$p + $at` is inside a checked packet window or the port table;
+        // a load has no other effect.
+        unsafe {
+            asm!(concat!("{v} = *(", $width, " *)({p} + {o})"), v = lateout(reg) v, p = in(reg) $p,
+                 o = const $at, options(pure, readonly, nostack, preserves_flags));
+        }
+        v
+    }};
+}
+
 /// The program's port table, as the parser consults it.
 struct PortTable;
 
@@ -154,16 +170,14 @@ impl parse::Ports for PortTable {
 
     #[inline(always)]
     fn entry(&self, port: u16) -> u32 {
+        // A u16 index into a table of 2^16 bytes; a byte read cannot tear. An inline load, not
+        // `read_volatile`: LLVM would test the byte's bit 7 (`SCAN_BOUNCES`) by sign extension.
         let at = core::ptr::addr_of!(PORT_TABLE)
             .cast::<u8>()
             .wrapping_add(port as usize);
-        let v: u64;
-        // SAFETY: a u16 index into a table of 2^16 bytes; a byte read cannot tear.
-        unsafe {
-            asm!("{v} = *(u8 *)({p} + 0)", v = lateout(reg) v, p = in(reg) at,
-                 options(readonly, nostack, preserves_flags));
-            core::hint::assert_unchecked(v <= u8::MAX as u64);
-        }
+        let v = bpf_load!("u8", at, 0);
+        // SAFETY: a byte load zero-extends.
+        unsafe { core::hint::assert_unchecked(v <= u8::MAX as u64) };
         v as u32
     }
 }
@@ -202,12 +216,7 @@ impl<const N: usize> parse::Window<N> for PacketWindow<N> {
     #[inline(always)]
     fn byte<const AT: usize>(&self) -> u8 {
         const { assert!(AT < N) };
-        let v: u64;
-        // SAFETY: [at, at + N) is inside the packet and AT < N; a load has no other effect.
-        unsafe {
-            asm!("{v} = *(u8 *)({p} + {o})", v = lateout(reg) v, p = in(reg) self.at,
-                 o = const AT, options(pure, readonly, nostack, preserves_flags));
-        }
+        let v = bpf_load!("u8", self.at, AT);
         // SAFETY: a byte load zero-extends; telling LLVM spares the mask it would add.
         unsafe { core::hint::assert_unchecked(v <= u8::MAX as u64) };
         v as u8
@@ -216,12 +225,7 @@ impl<const N: usize> parse::Window<N> for PacketWindow<N> {
     #[inline(always)]
     fn raw16<const AT: usize>(&self) -> u16 {
         const { assert!(AT + 2 <= N) };
-        let v: u64;
-        // SAFETY: as in `byte`, for the two bytes at AT.
-        unsafe {
-            asm!("{v} = *(u16 *)({p} + {o})", v = lateout(reg) v, p = in(reg) self.at,
-                 o = const AT, options(pure, readonly, nostack, preserves_flags));
-        }
+        let v = bpf_load!("u16", self.at, AT);
         // SAFETY: a 16-bit load zero-extends.
         unsafe { core::hint::assert_unchecked(v <= u16::MAX as u64) };
         v as u16
@@ -230,14 +234,8 @@ impl<const N: usize> parse::Window<N> for PacketWindow<N> {
     #[inline(always)]
     fn bytes4<const AT: usize>(&self) -> [u8; 4] {
         const { assert!(AT + 4 <= N) };
-        let v: u64;
-        // SAFETY: as in `byte`, for the four bytes at AT.
-        unsafe {
-            asm!("{v} = *(u32 *)({p} + {o})", v = lateout(reg) v, p = in(reg) self.at,
-                 o = const AT, options(pure, readonly, nostack, preserves_flags));
-        }
         // The load is little-endian, like the target: memory order is kept.
-        (v as u32).to_le_bytes()
+        (bpf_load!("u32", self.at, AT) as u32).to_le_bytes()
     }
 }
 
